@@ -1,0 +1,5 @@
+"""fastsn's functional ops: one module per op, each with its backend dispatch, fake kernel, autograd
+registration and pure-PyTorch reference ``<op>_ref``."""
+from fastsn.ops.build_info import BUILD_INFO_FIELDS, build_info, build_info_ref
+
+__all__ = ["BUILD_INFO_FIELDS", "build_info", "build_info_ref"]

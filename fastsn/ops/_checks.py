@@ -1,0 +1,18 @@
+"""Argument checks for the Python-side backends (reference and Triton), worded as the C++ TORCH_CHECKs,
+so that every backend rejects bad input with the same message."""
+import torch
+
+FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(t: object, op: str, arg: str) -> None:
+    """Raise TypeError unless ``t`` is a tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}(): argument '{arg}' must be a Tensor, got {type(t).__name__}")
+
+
+def check_floating(t: torch.Tensor, op: str, arg: str) -> None:
+    """Raise RuntimeError unless ``t`` is float16, bfloat16, float32 or float64 (as C++'s check_floating)."""
+    if t.dtype not in FLOATING_DTYPES:
+        dtype = str(t.dtype).replace("torch.", "")
+        raise RuntimeError(f"{op}(): argument '{arg}' must be float16, bfloat16, float32 or float64, got {dtype}")

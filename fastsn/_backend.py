@@ -124,6 +124,9 @@ def unavailable_reason(name: str, op: str, device: Union[torch.device, str]) -> 
     return None
 
 
+# Under torch.compile the choice is made once, while tracing, and baked into the graph: a later
+# use_backend()/FASTSN_BACKEND change does not retrace a function that was already compiled.
+@torch.compiler.assume_constant_result
 def resolve(op: str, device: Union[torch.device, str], backend: Optional[str] = None) -> str:
     """The backend that will run ``op`` on tensors of ``device``: never "auto".
 

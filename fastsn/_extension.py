@@ -52,15 +52,15 @@ def cuda_mismatch(build_cuda: Optional[str], torch_cuda: Optional[str]) -> Optio
     return None
 
 
-def _load() -> tuple[Optional[Any], Optional[str]]:
+def _load() -> tuple[Optional[Any], Optional[str], str]:
     try:
         from fastsn import _C
     except Exception as exc:  # ImportError, or OSError for undefined symbols after a torch upgrade
-        return None, f"{type(exc).__name__}: {exc}"
-    return _C, None
+        return None, f"{type(exc).__name__}: {exc}", traceback.format_exc()
+    return _C, None, ""
 
 
-_C, LOAD_ERROR = _load()
+_C, LOAD_ERROR, _load_traceback = _load()
 """The loaded extension module (empty: its content is torch.ops.fastsn.*) and why loading failed, if it did."""
 
 if LOAD_ERROR is not None:
@@ -69,7 +69,7 @@ if LOAD_ERROR is not None:
     if BUILD is not None and BUILD.get("torch_version") != torch.__version__:
         _message += f" (It was built against torch {BUILD.get('torch_version')}; this is torch {torch.__version__}.)"
     if os.environ.get("FASTSN_VERBOSE", "") not in ("", "0"):
-        _message += "\n" + traceback.format_exc()
+        _message += "\n" + _load_traceback
     else:
         _message += " Set FASTSN_VERBOSE=1 for the traceback."
     warnings.warn(_message, RuntimeWarning, stacklevel=2)

@@ -1,5 +1,6 @@
 // fastsn::build_info, C++ CPU kernel: counts non-finite elements of x with at::parallel_reduce.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -30,8 +31,8 @@ at::Tensor build_info_cpu(const at::Tensor& x) {
         0, n, kGrainSize, int64_t{0},
         [&](int64_t begin, int64_t end, int64_t acc) {
           for (int64_t i = begin; i < end; ++i) {
-            // half and bfloat16 widen to float exactly, so isfinite is decided in float
-            acc += !std::isfinite(static_cast<float>(p[i]));
+            // opmath: half and bfloat16 widen to float exactly; double stays double (1e300 is finite)
+            acc += !std::isfinite(static_cast<at::opmath_type<scalar_t>>(p[i]));
           }
           return acc;
         },

@@ -1,6 +1,7 @@
 // fastsn::build_info, CUDA kernel: a grid-stride count of non-finite elements of x, reduced per warp
 // with shuffles and per block through shared memory, then one atomicAdd per block into the output.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
@@ -29,7 +30,8 @@ __global__ void build_info_kernel(const scalar_t* __restrict__ x, int64_t n, int
   unsigned long long count = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    count += !isfinite(static_cast<float>(x[i]));  // half/bfloat16 widen to float exactly
+    // opmath: half and bfloat16 widen to float exactly; double stays double (1e300 is finite)
+    count += !isfinite(static_cast<at::opmath_type<scalar_t>>(x[i]));
   }
   for (int offset = 16; offset > 0; offset /= 2) count += __shfl_down_sync(0xffffffffu, count, offset);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;

@@ -1,0 +1,55 @@
+"""Test scaffolding shared by every op: which backend x device pairs exist here, dtypes and their
+tolerances, and seeded randomness.
+
+A pair exists when fastsn's own switch says the backend can run on that device: cuda only with a GPU and
+compiled kernels, triton on a GPU or on CPU tensors under TRITON_INTERPRET=1, cpu with fastsn._C, ref
+always. ``FASTSN_TEST_REQUIRE`` (e.g. "cpu,cuda-build,triton") turns a missing backend into a failure
+(tests/test_backend.py::test_required_backends), so a broken build cannot pass as "reference only".
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from fastsn import _backend
+
+KERNEL_BACKENDS = ("cuda", "triton", "cpu", "ref")
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+TOLERANCES = {  # (rtol, atol) for a kernel against its reference at the same dtype
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-5, 1e-6),
+    torch.float16: (1e-3, 1e-3),
+    torch.bfloat16: (1.6e-2, 1e-2),
+}
+
+
+def devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def backend_device_pairs(op: str = "build_info") -> list[tuple[str, str]]:
+    """Every (backend, device) pair that can run ``op`` in this process."""
+    return [(b, d) for d in devices() for b in KERNEL_BACKENDS if _backend.unavailable_reason(b, op, d) is None]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_device" in metafunc.fixturenames:
+        pairs = backend_device_pairs()
+        metafunc.parametrize("backend_device", pairs, ids=[f"{b}-{d}" for b, d in pairs])
+    if "dtype" in metafunc.fixturenames:
+        metafunc.parametrize("dtype", DTYPES, ids=[str(d).replace("torch.", "") for d in DTYPES])
+
+
+@pytest.fixture(autouse=True)
+def seeded() -> None:
+    """Every test starts from the same random state."""
+    random.seed(0)
+    torch.manual_seed(0)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+    """torch.testing.assert_close with the tolerance of ``dtype`` (default: actual's dtype)."""
+    rtol, atol = TOLERANCES.get(dtype or actual.dtype, (0.0, 0.0))
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)

@@ -94,8 +94,8 @@ try:
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 except ImportError:
-    sys.exit("error: fastsn builds against an installed PyTorch, and none was found in this Python. "
-             "Install torch first, then build without isolation: pip install --no-build-isolation .")
+    sys.exit("error: fastsn compiles against the installed PyTorch, and this build cannot import torch (pip's "
+             "build isolation hides it): install torch first, then run pip install --no-build-isolation .")
 
 
 def want_cuda() -> tuple[bool, str]:
@@ -114,6 +114,13 @@ def want_cuda() -> tuple[bool, str]:
     if torch.cuda.is_available():
         return True, "GPU visible"
     return False, "no GPU visible (set FORCE_CUDA=1 to compile the CUDA kernels anyway)"
+
+
+def _visible_gpu_arches() -> str:
+    """What torch compiles for when TORCH_CUDA_ARCH_LIST is unset: each visible GPU, PTX for the newest."""
+    arches = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    names = [f"{major}.{minor}" for major, minor in arches]
+    return ";".join(names[:-1] + [names[-1] + "+PTX"])
 
 
 def build_extension():
@@ -137,7 +144,7 @@ def build_extension():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
             print("fastsn: no GPU visible and TORCH_CUDA_ARCH_LIST unset: compiling for 9.0 (Hopper); "
                   "set TORCH_CUDA_ARCH_LIST for other GPUs.")
-        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST") or "detected from the visible GPUs"
+        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST") or _visible_gpu_arches()
         cuda_version = _nvcc_version(_cuda_home)
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         include_dirs += _nvidia_wheel_includes()

@@ -121,6 +121,9 @@ def unavailable_reason(name: str, op: str, device: Union[torch.device, str]) -> 
                     "FORCE_CUDA=1 pip install --no-build-isolation -e . (CUDA toolkit and a CUDA build of torch needed)")
         return (f"fastsn._C has no {wanted.upper()} kernel for fastsn::{op}: it was built from older sources; "
                 "rebuild: pip install --no-build-isolation -e .")
+    if name == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return _extension.gpu_arch_mismatch(index)
     return None
 
 

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 import traceback
 import warnings
@@ -52,6 +53,42 @@ def cuda_mismatch(build_cuda: Optional[str], torch_cuda: Optional[str]) -> Optio
     return None
 
 
+def arch_mismatch(capability: tuple[int, int], arch_list: Optional[str]) -> Optional[str]:
+    """An error message if CUDA code built for ``arch_list`` cannot run on a GPU of ``capability``, else None.
+
+    A cubin for X.Y runs on X.Z with Z >= Y ("9.0a" only on 9.0 itself); "+PTX" adds code that the driver
+    compiles for any GPU at or above it. Entries that are not numbers (named arches) get the benefit of the doubt.
+
+    Args:
+        capability: the GPU's (major, minor), e.g. (9, 0) for an H100.
+        arch_list: the build's TORCH_CUDA_ARCH_LIST, e.g. "8.0;9.0+PTX".
+    """
+    if not arch_list:
+        return None
+    for entry in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        ptx = entry.endswith("+PTX")
+        number = entry.removesuffix("+PTX")
+        specific = number.endswith(("a", "f"))
+        try:
+            arch = tuple(int(part) for part in number.rstrip("af").split("."))
+        except ValueError:
+            return None
+        if (ptx and arch <= capability) or arch == capability or (
+                not specific and arch[0] == capability[0] and arch <= capability):
+            return None
+    return (f"fastsn._C holds CUDA code for {arch_list} only, which cannot run on this sm_{capability[0]}{capability[1]} "
+            f"GPU: rebuild with TORCH_CUDA_ARCH_LIST=\"{capability[0]}.{capability[1]}\"")
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_arch_mismatch(device_index: int) -> Optional[str]:
+    """:func:`arch_mismatch` for visible GPU ``device_index`` and this build (cached: both are fixed)."""
+    return arch_mismatch(torch.cuda.get_device_capability(device_index), (BUILD or {}).get("cuda_arch_list"))
+
+
 def _load() -> tuple[Optional[Any], Optional[str], str]:
     try:
         from fastsn import _C
@@ -87,11 +124,15 @@ def loaded() -> bool:
     return _C is not None
 
 
+# Cached: the schemas and C++ kernels are registered once, when fastsn._C loads, and the backend switch asks
+# on every op call.
+@functools.lru_cache(maxsize=None)
 def op_defined(op: str) -> bool:
     """Whether the schema ``fastsn::<op>`` is registered (it lives in fastsn._C)."""
     return loaded() and hasattr(torch.ops.fastsn, op)
 
 
+@functools.lru_cache(maxsize=None)
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether ``fastsn::<op>`` has a kernel for ``dispatch_key`` ("CPU" or "CUDA") in this process."""
     if not op_defined(op):

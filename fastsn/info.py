@@ -78,6 +78,8 @@ def collect(probe: bool = True) -> dict[str, Any]:
     mismatch = _extension.cuda_mismatch(build.get("cuda_toolkit_version"), torch.version.cuda)
     if mismatch:
         config["problems"].append(mismatch)
+    if _extension.cuda_compiled():
+        config["problems"] += [f"cuda:{i}: {p}" for i in range(len(gpus)) if (p := _extension.gpu_arch_mismatch(i))]
     if probe:
         devices = ["cpu"] + [f"cuda:{i}" for i in range(len(gpus))]
         config["probe"] = {device: _probe(device) for device in devices}

@@ -61,3 +61,15 @@ def test_mismatch_is_reported_as_an_error(monkeypatch):
     config = info.show_config(out=out, probe=False)
     assert any("CUDA 11.8" in p for p in config["problems"])
     assert "error: fastsn._C was compiled with CUDA 11.8 but torch uses CUDA 13.0" in out.getvalue()
+
+
+@pytest.mark.parametrize("capability, arch_list, ok", [
+    ((9, 0), "9.0", True), ((9, 0), "8.0;9.0+PTX", True), ((8, 6), "8.0", True), ((8, 0), "8.6", False),
+    ((8, 0), "9.0", False), ((10, 0), "9.0", False), ((10, 0), "9.0+PTX", True), ((9, 0), "9.0a", True),
+    ((9, 1), "9.0a", False), ((7, 5), "Hopper", True), ((9, 0), None, True),
+])
+def test_gpu_arch_check(capability, arch_list, ok):
+    problem = _extension.arch_mismatch(capability, arch_list)
+    assert (problem is None) == ok
+    if not ok:
+        assert f'TORCH_CUDA_ARCH_LIST="{capability[0]}.{capability[1]}"' in problem

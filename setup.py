@@ -126,7 +126,7 @@ def _visible_gpu_arches() -> str:
 def build_extension():
     with_cuda, why = want_cuda()
     debug = _env_flag("DEBUG")
-    opt = ["-O0", "-g"] if debug else ["-O3"]
+    opt = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]  # Python's own CFLAGS bring -O3 -DNDEBUG: override
     cxx_flags = list(opt)
     nvcc_flags = opt + ["--expt-relaxed-constexpr"] + (["-lineinfo"] if debug else [])
     nvcc_flags += shlex.split(os.environ.get("NVCC_FLAGS", ""))

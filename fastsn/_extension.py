@@ -71,7 +71,7 @@ def arch_mismatch(capability: tuple[int, int], arch_list: Optional[str]) -> Opti
             continue
         ptx = entry.endswith("+PTX")
         number = entry.removesuffix("+PTX")
-        specific = number.endswith(("a", "f"))
+        specific = number.endswith("a")  # "9.0a": that GPU only; "10.0f" (family) behaves as plain
         try:
             arch = tuple(int(part) for part in number.rstrip("af").split("."))
         except ValueError:

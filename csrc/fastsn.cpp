@@ -15,4 +15,23 @@ TORCH_LIBRARY(fastsn, m) {
   // Probe op: which kernel ran, the build it came from, and what it read of x (layout: common/build_info.h).
   m.def("build_info(Tensor x) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("build_info_triton(Tensor x) -> Tensor", {at::Tag::pt2_compliant_tag});
+
+  // Spectral norm (fastsn/ops/spectral_norm.py). weight: any shape, seen as the (h, w) matrix with `dim` first.
+  // Power iteration: u (h) and v (w) updated in place; returns sigma and fresh copies of u and v.
+  // Normalize: weight / sigma, sigma replaced by eps where |sigma| < eps (u, v, dim: for the fused backward).
+  // Each has a twin "<name>_triton" with the same schema: the Triton kernels, registered from Python.
+#define FASTSN_SPECTRAL_NORM_SCHEMAS(SUFFIX)                                                                   \
+  m.def("spectral_norm_power_iteration" SUFFIX                                                               \
+        "(Tensor weight, Tensor(a!) u, Tensor(b!) v, int dim, int n_power_iterations, float eps, bool u_first)" \
+        " -> (Tensor sigma, Tensor u_copy, Tensor v_copy)",                                                  \
+        {at::Tag::pt2_compliant_tag});                                                                        \
+  m.def("spectral_norm_normalize" SUFFIX                                                                     \
+        "(Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim, float eps) -> Tensor",                    \
+        {at::Tag::pt2_compliant_tag});                                                                        \
+  m.def("spectral_norm_normalize_backward" SUFFIX                                                            \
+        "(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim, float eps) -> Tensor",       \
+        {at::Tag::pt2_compliant_tag});
+  FASTSN_SPECTRAL_NORM_SCHEMAS("")
+  FASTSN_SPECTRAL_NORM_SCHEMAS("_triton")
+#undef FASTSN_SPECTRAL_NORM_SCHEMAS
 }

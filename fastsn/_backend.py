@@ -31,6 +31,12 @@ BACKENDS = ("auto", "cuda", "triton", "cpu", "ref")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "ref"), "cpu": ("cpu", "ref")}
 _context: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("fastsn_backend", default=None)
 _triton_import_errors: dict[str, str] = {}
+# An op family (one name in every tree) holds several schemas; this one proves a build has the family.
+_PROBE_SCHEMA = {"spectral_norm": "spectral_norm_power_iteration"}
+
+
+def _schema(op: str) -> str:
+    return _PROBE_SCHEMA.get(op, op)
 
 
 class BackendUnavailableError(RuntimeError):
@@ -84,7 +90,7 @@ def _triton_reason(op: str, device: torch.device) -> Optional[str]:
         return f"the Triton kernels take CUDA tensors, not {device.type}"
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (it comes with CUDA builds of torch on Linux: pip install triton)"
-    if not _extension.op_defined(f"{op}_triton"):
+    if not _extension.op_defined(f"{_schema(op)}_triton"):
         return f"the op schemas live in fastsn._C, which is not loaded ({_extension.LOAD_ERROR})"
     if op not in _triton_import_errors:
         try:  # importing the kernel module registers its kernels for fastsn::<op>_triton
@@ -114,7 +120,7 @@ def unavailable_reason(name: str, op: str, device: Union[torch.device, str]) -> 
                 f"move them with .{wanted}() or choose another backend")
     if not _extension.loaded():
         return f"fastsn._C is not loaded ({_extension.LOAD_ERROR}); build it: pip install --no-build-isolation -e ."
-    if not _extension.has_kernel(op, wanted.upper()):
+    if not _extension.has_kernel(_schema(op), wanted.upper()):
         if name == "cuda" and not _extension.cuda_compiled():
             why = (_extension.BUILD or {}).get("cuda_choice", "unknown reason")
             return (f"fastsn._C was built without CUDA kernels ({why}); rebuild with "

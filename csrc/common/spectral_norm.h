@@ -1,0 +1,67 @@
+// Shared by the CPU and CUDA spectral norm kernels: the matrix view of a weight and the argument checks.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include "common/checks.h"
+
+namespace fastsn {
+
+// A contiguous weight seen as (O, H, I) around `dim`: the matrix M (h x w) that torch's spectral norm uses
+// (dim permuted to the front, the rest flattened) is M[i, o*I + k] = W[o, i, k], at offset o*H*I + i*I + k.
+struct SpectralNormShape {
+  int64_t outer = 1;  // O: product of the sizes before dim
+  int64_t h = 0;      // H: the size of dim, rows of M
+  int64_t inner = 1;  // I: product of the sizes after dim
+  int64_t w() const { return outer * inner; }  // columns of M
+};
+
+inline SpectralNormShape spectral_norm_shape(const at::Tensor& weight, int64_t dim) {
+  SpectralNormShape s;
+  for (int64_t d = 0; d < weight.dim(); ++d) {
+    if (d < dim) s.outer *= weight.size(d);
+    if (d > dim) s.inner *= weight.size(d);
+  }
+  s.h = weight.size(dim);
+  return s;
+}
+
+inline void check_spectral_norm_args(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim,
+                                     const char* op) {
+  check_floating(weight, op, "weight");
+  check_floating(u, op, "u");
+  check_floating(v, op, "v");
+  TORCH_CHECK(weight.dim() >= 2, op, "(): argument 'weight' must have at least 2 dimensions, got ", weight.dim());
+  TORCH_CHECK(dim >= 0 && dim < weight.dim(), op, "(): argument 'dim' must be in [0, ", weight.dim() - 1, "], got ",
+              dim);
+  const SpectralNormShape s = spectral_norm_shape(weight, dim);
+  TORCH_CHECK(u.dim() == 1 && u.numel() == s.h, op, "(): argument 'u' must have shape (", s.h, ",), got ", u.sizes());
+  TORCH_CHECK(v.dim() == 1 && v.numel() == s.w(), op, "(): argument 'v' must have shape (", s.w(), ",), got ",
+              v.sizes());
+  TORCH_CHECK(u.scalar_type() == weight.scalar_type() && v.scalar_type() == weight.scalar_type(), op,
+              "(): arguments 'u' and 'v' must have the dtype of 'weight' (", weight.scalar_type(), "), got ",
+              u.scalar_type(), " and ", v.scalar_type());
+  TORCH_CHECK(u.device() == weight.device() && v.device() == weight.device(), op,
+              "(): arguments 'u' and 'v' must be on the device of 'weight' (", weight.device(), ")");
+}
+
+inline void check_power_iteration_args(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim,
+                                       int64_t n_power_iterations, double eps) {
+  const char* op = "fastsn::spectral_norm_power_iteration";
+  check_spectral_norm_args(weight, u, v, dim, op);
+  TORCH_CHECK(n_power_iterations >= 0, op, "(): argument 'n_power_iterations' must be >= 0, got ",
+              n_power_iterations);
+  TORCH_CHECK(eps > 0, op, "(): argument 'eps' must be positive, got ", eps);
+}
+
+inline void check_normalize_args(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
+                                 const at::Tensor& sigma, int64_t dim, const char* op) {
+  check_spectral_norm_args(weight, u, v, dim, op);
+  TORCH_CHECK(sigma.numel() == 1, op, "(): argument 'sigma' must hold one value, got shape ", sigma.sizes());
+  TORCH_CHECK(sigma.device() == weight.device(), op, "(): argument 'sigma' must be on the device of 'weight' (",
+              weight.device(), ")");
+  check_floating(sigma, op, "sigma");
+}
+
+}  // namespace fastsn

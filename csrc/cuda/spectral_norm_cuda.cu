@@ -1,0 +1,499 @@
+// Spectral norm, CUDA kernels: the power iteration, W / sigma, and its fused backward.
+//
+// The weight is read as the (O, H, I) view of common/spectral_norm.h: M[i, j] = W[o, i, k] with j = o*I + k,
+// at offset o*H*I + i*I + k. Half and bfloat16 accumulate in float32 (acc_t), float64 in float64.
+//
+// Power iteration, two paths:
+//  * small weights (the many layers of a GAN discriminator, where torch is launch-bound): ONE launch of one
+//    CTA runs every iteration, sigma and all writes, with u and v kept in shared memory;
+//  * large weights: per pass over W, a row kernel (s = M x, a warp per row) or a column kernel
+//    (partial sums of M^T y over row slices), then a one-CTA finalize that adds the partials in a fixed order
+//    (deterministic), normalizes, and on the last iteration writes u, v, their copies and sigma.
+// sigma is not a pass of its own: after v = N(t), t = M^T u, sigma = u . (M v) = |t|^2 / max(|t|, eps); in the
+// legacy order, after u = N(s), s = M v, sigma = |s|^2 / max(|s|, eps).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "common/spectral_norm.h"
+
+namespace fastsn {
+namespace {
+
+constexpr int kThreads = 256;           // large-path kernels
+constexpr int kSmallThreads = 1024;     // the one-CTA kernels
+constexpr int64_t kSmallMaxNumel = 1 << 16;
+constexpr int64_t kSmallMaxSharedBytes = 40 * 1024;
+
+// ----------------------------------------------------------------------------------------------------------
+// reductions
+// ----------------------------------------------------------------------------------------------------------
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T x) {
+  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_down_sync(0xffffffffu, x, offset);
+  return x;  // lane 0 holds the sum
+}
+
+// Sum over the block, returned to every thread. `scratch` holds 32 values; the call syncs before reusing it.
+template <typename T>
+__device__ T block_sum(T x, T* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+  x = warp_sum(x);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  x = threadIdx.x < warps ? scratch[threadIdx.x] : T(0);
+  if (warp == 0) {
+    x = warp_sum(x);
+    if (lane == 0) scratch[0] = x;
+  }
+  __syncthreads();
+  return scratch[0];
+}
+
+struct Geometry {
+  int64_t outer, h, inner;
+  __host__ __device__ int64_t w() const { return outer * inner; }
+  // offset of M[i, j] in the contiguous weight
+  __device__ __forceinline__ int64_t offset(int64_t i, int64_t j) const {
+    const int64_t o = j / inner;
+    return (o * h + i) * inner + (j - o * inner);
+  }
+};
+
+// ----------------------------------------------------------------------------------------------------------
+// building blocks shared by the one-CTA kernel: a warp per row, a thread per column
+// ----------------------------------------------------------------------------------------------------------
+
+// out[i] = M_i . x for every row i (x, out in shared or global memory); with `dot_with`, returns sum_i dot_with[i] * (M x)_i
+// to every thread instead of writing out.
+template <typename scalar_t, typename acc_t>
+__device__ acc_t block_rows(const scalar_t* __restrict__ weight, Geometry g, const acc_t* x, acc_t* out,
+                            const acc_t* dot_with, acc_t* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  acc_t total = 0;
+  for (int64_t i = warp; i < g.h; i += warps) {
+    acc_t sum = 0;
+    for (int64_t j = lane; j < g.w(); j += 32) sum += static_cast<acc_t>(weight[g.offset(i, j)]) * x[j];
+    sum = warp_sum(sum);
+    if (lane == 0) {
+      if (dot_with) total += dot_with[i] * sum;
+      else out[i] = sum;
+    }
+  }
+  return dot_with ? block_sum(total, scratch) : acc_t(0);
+}
+
+// out[j] = sum_i y[i] M[i, j] for every column j
+template <typename scalar_t, typename acc_t>
+__device__ void block_columns(const scalar_t* __restrict__ weight, Geometry g, const acc_t* y, acc_t* out) {
+  for (int64_t j = threadIdx.x; j < g.w(); j += blockDim.x) {
+    const int64_t o = j / g.inner, k = j - o * g.inner;
+    const scalar_t* column = weight + o * g.h * g.inner + k;  // M[i, j] = column[i * inner]
+    acc_t sum = 0;
+    for (int64_t i = 0; i < g.h; ++i) sum += y[i] * static_cast<acc_t>(column[i * g.inner]);
+    out[j] = sum;
+  }
+}
+
+// x /= max(|x|, eps) over n values; returns |x| before scaling. Ends synced.
+template <typename acc_t>
+__device__ acc_t block_normalize(acc_t* x, int64_t n, acc_t eps, acc_t* scratch) {
+  acc_t sq = 0;
+  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) sq += x[k] * x[k];
+  const acc_t norm = sqrt(block_sum(sq, scratch));
+  const acc_t den = max(norm, eps);
+  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) x[k] /= den;
+  __syncthreads();
+  return norm;
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ void block_store(const acc_t* x, int64_t n, scalar_t* a, scalar_t* b) {
+  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
+    const scalar_t value = static_cast<scalar_t>(x[k]);
+    if (a) a[k] = value;
+    b[k] = value;
+  }
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// small weights: everything in one CTA, u (h) and v (w) in shared memory
+// ----------------------------------------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kSmallThreads)
+power_iteration_small_kernel(const scalar_t* __restrict__ weight, Geometry g, const scalar_t* u_in,
+                             const scalar_t* v_in, scalar_t* u_inplace, scalar_t* v_inplace, scalar_t* u_copy,
+                             scalar_t* v_copy, acc_t* sigma, int64_t iterations, acc_t eps, bool u_first) {
+  extern __shared__ unsigned char shared_bytes[];
+  acc_t* u = reinterpret_cast<acc_t*>(shared_bytes);  // (h)
+  acc_t* v = u + g.h;                                  // (w)
+  __shared__ acc_t scratch[32];
+  for (int64_t k = threadIdx.x; k < g.h; k += blockDim.x) u[k] = static_cast<acc_t>(u_in[k]);
+  for (int64_t k = threadIdx.x; k < g.w(); k += blockDim.x) v[k] = static_cast<acc_t>(v_in[k]);
+  __syncthreads();
+  acc_t sigma_value = 0;
+  if (iterations == 0) {
+    sigma_value = block_rows(weight, g, v, static_cast<acc_t*>(nullptr), u, scratch);  // u . (M v)
+  }
+  for (int64_t it = 0; it < iterations; ++it) {
+    if (u_first) {
+      block_rows(weight, g, v, u, static_cast<const acc_t*>(nullptr), scratch);  // u = M v
+      __syncthreads();
+      block_normalize(u, g.h, eps, scratch);
+      block_columns(weight, g, u, v);  // v = M^T u
+      __syncthreads();
+      const acc_t t = block_normalize(v, g.w(), eps, scratch);
+      sigma_value = t * t / max(t, eps);
+    } else {
+      block_columns(weight, g, u, v);  // v = M^T u
+      __syncthreads();
+      block_normalize(v, g.w(), eps, scratch);
+      block_rows(weight, g, v, u, static_cast<const acc_t*>(nullptr), scratch);  // u = M v
+      __syncthreads();
+      const acc_t s = block_normalize(u, g.h, eps, scratch);
+      sigma_value = s * s / max(s, eps);
+    }
+  }
+  block_store(u, g.h, iterations > 0 ? u_inplace : static_cast<scalar_t*>(nullptr), u_copy);
+  block_store(v, g.w(), iterations > 0 ? v_inplace : static_cast<scalar_t*>(nullptr), v_copy);
+  if (threadIdx.x == 0) *sigma = sigma_value;
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// large weights: one pass over W per kernel, then a one-CTA finalize
+// ----------------------------------------------------------------------------------------------------------
+
+// out[i] = M_i . x, a warp per row
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+rows_kernel(const scalar_t* __restrict__ weight, Geometry g, const acc_t* __restrict__ x, acc_t* __restrict__ out) {
+  const int lane = threadIdx.x % 32;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
+  if (i >= g.h) return;
+  acc_t sum = 0;
+  for (int64_t o = 0; o < g.outer; ++o) {
+    const scalar_t* segment = weight + (o * g.h + i) * g.inner;  // M[i, o*I : (o+1)*I]
+    const acc_t* xo = x + o * g.inner;
+    for (int64_t k = lane; k < g.inner; k += 32) sum += static_cast<acc_t>(segment[k]) * xo[k];
+  }
+  sum = warp_sum(sum);
+  if (lane == 0) out[i] = sum;
+}
+
+// partial[slice, j] = sum over the rows i of this slice of y[i] M[i, j]; grid (column tiles, row slices)
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+columns_kernel(const scalar_t* __restrict__ weight, Geometry g, const acc_t* __restrict__ y, int64_t rows_per_slice,
+               acc_t* __restrict__ partial) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (j >= g.w()) return;
+  const int64_t o = j / g.inner, k = j - o * g.inner;
+  const scalar_t* column = weight + o * g.h * g.inner + k;
+  const int64_t begin = blockIdx.y * rows_per_slice, end = min(g.h, begin + rows_per_slice);
+  acc_t sum = 0;
+  for (int64_t i = begin; i < end; ++i) sum += y[i] * static_cast<acc_t>(column[i * g.inner]);
+  partial[blockIdx.y * g.w() + j] = sum;
+}
+
+enum class Finalize : int {
+  kUThenV = 0,   // after rows (s) and columns (partials of M^T s): u = N(s), v = N(M^T u), sigma = |M^T u|
+  kV = 1,        // legacy, after columns (partials of M^T u): v = N(M^T u)
+  kU = 2,        // legacy, after rows (s = M v): u = N(s), sigma = |s|
+  kSigmaOnly = 3 // after rows (s = M v): sigma = u . s
+};
+
+// One CTA. u_acc (h) and v_acc (w) are the float working vectors in global memory; on the last step the
+// outputs are written (in place where given, and the copies), and sigma.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kSmallThreads)
+finalize_kernel(Finalize mode, Geometry g, const acc_t* __restrict__ s, const acc_t* __restrict__ partial,
+                int64_t slices, acc_t* u_acc, acc_t* v_acc, acc_t eps, bool last, scalar_t* u_inplace,
+                scalar_t* v_inplace, scalar_t* u_copy, scalar_t* v_copy, acc_t* sigma) {
+  __shared__ acc_t scratch[32];
+  const int64_t h = g.h, w = g.w();
+  acc_t sigma_value = 0;
+  if (mode == Finalize::kSigmaOnly) {
+    acc_t dot = 0;
+    for (int64_t i = threadIdx.x; i < h; i += blockDim.x) dot += u_acc[i] * s[i];
+    sigma_value = block_sum(dot, scratch);
+  }
+  acc_t s_den = 1;
+  if (mode == Finalize::kUThenV || mode == Finalize::kU) {
+    acc_t sq = 0;
+    for (int64_t i = threadIdx.x; i < h; i += blockDim.x) sq += s[i] * s[i];
+    const acc_t s_norm = sqrt(block_sum(sq, scratch));
+    s_den = max(s_norm, eps);
+    for (int64_t i = threadIdx.x; i < h; i += blockDim.x) u_acc[i] = s[i] / s_den;
+    sigma_value = s_norm * s_norm / s_den;
+  }
+  if (mode == Finalize::kUThenV || mode == Finalize::kV) {
+    acc_t sq = 0;
+    for (int64_t j = threadIdx.x; j < w; j += blockDim.x) {
+      acc_t t = 0;
+      for (int64_t slice = 0; slice < slices; ++slice) t += partial[slice * w + j];  // fixed order
+      t /= s_den;  // kUThenV: M^T s / |s| = M^T u
+      v_acc[j] = t;
+      sq += t * t;
+    }
+    const acc_t t_norm = sqrt(block_sum(sq, scratch));
+    const acc_t t_den = max(t_norm, eps);
+    for (int64_t j = threadIdx.x; j < w; j += blockDim.x) v_acc[j] /= t_den;  // same thread wrote it
+    if (mode == Finalize::kUThenV) sigma_value = t_norm * t_norm / t_den;
+  }
+  if (!last) return;
+  __syncthreads();
+  block_store(u_acc, h, u_inplace, u_copy);
+  block_store(v_acc, w, v_inplace, v_copy);
+  if (threadIdx.x == 0) *sigma = sigma_value;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void widen_kernel(const scalar_t* __restrict__ x, int64_t n, acc_t* __restrict__ out) {
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[k] = static_cast<acc_t>(x[k]);
+  }
+}
+
+int sm_count(int device) {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+int blocks_for(int64_t n, int threads, int device) {
+  return static_cast<int>(std::clamp<int64_t>((n + threads - 1) / threads, 1, 8 * sm_count(device)));
+}
+
+template <typename scalar_t>
+void power_iteration_large(const at::Tensor& w_c, Geometry g, const at::Tensor& u_c, const at::Tensor& v_c,
+                           scalar_t* u_inplace, scalar_t* v_inplace, at::Tensor& u_copy, at::Tensor& v_copy,
+                           at::Tensor& sigma, int64_t iterations, double eps, bool u_first, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int device = w_c.get_device();
+  const int64_t h = g.h, w = g.w();
+  // Row slices for the column kernel: enough CTAs to fill the GPU twice over.
+  const int64_t column_tiles = (w + kThreads - 1) / kThreads;
+  const int64_t slices = std::clamp<int64_t>(2 * sm_count(device) / std::max<int64_t>(column_tiles, 1), 1,
+                                             std::max<int64_t>(h, 1));
+  const int64_t rows_per_slice = (h + slices - 1) / slices;
+  at::Tensor work = at::empty({2 * h + w + slices * w}, w_c.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  acc_t* u_acc = work.mutable_data_ptr<acc_t>();
+  acc_t* s = u_acc + h;
+  acc_t* v_acc = s + h;
+  acc_t* partial = v_acc + w;
+  const scalar_t* wp = w_c.const_data_ptr<scalar_t>();
+  widen_kernel<<<blocks_for(h, kThreads, device), kThreads, 0, stream>>>(u_c.const_data_ptr<scalar_t>(), h, u_acc);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  widen_kernel<<<blocks_for(w, kThreads, device), kThreads, 0, stream>>>(v_c.const_data_ptr<scalar_t>(), w, v_acc);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const dim3 row_grid(static_cast<unsigned>(std::max<int64_t>(1, (h + kThreads / 32 - 1) / (kThreads / 32))));
+  const dim3 column_grid(static_cast<unsigned>(std::max<int64_t>(column_tiles, 1)), static_cast<unsigned>(slices));
+  const acc_t e = static_cast<acc_t>(eps);
+  auto rows = [&](const acc_t* x) {
+    rows_kernel<scalar_t, acc_t><<<row_grid, kThreads, 0, stream>>>(wp, g, x, s);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  auto columns = [&](const acc_t* y) {
+    columns_kernel<scalar_t, acc_t><<<column_grid, kThreads, 0, stream>>>(wp, g, y, rows_per_slice, partial);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  auto finalize = [&](Finalize mode, bool last) {
+    finalize_kernel<scalar_t, acc_t><<<1, kSmallThreads, 0, stream>>>(
+        mode, g, s, partial, slices, u_acc, v_acc, e, last, last ? u_inplace : nullptr, last ? v_inplace : nullptr,
+        u_copy.mutable_data_ptr<scalar_t>(), v_copy.mutable_data_ptr<scalar_t>(), sigma.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (iterations == 0) {
+    rows(v_acc);
+    finalize(Finalize::kSigmaOnly, true);
+    return;
+  }
+  for (int64_t it = 0; it < iterations; ++it) {
+    const bool last = it + 1 == iterations;
+    if (u_first) {
+      rows(v_acc);     // s = M v
+      columns(s);      // partials of M^T s
+      finalize(Finalize::kUThenV, last);
+    } else {
+      columns(u_acc);  // partials of M^T u
+      finalize(Finalize::kV, false);
+      rows(v_acc);     // s = M v
+      finalize(Finalize::kU, last);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> power_iteration_cuda(const at::Tensor& weight, at::Tensor& u,
+                                                                    at::Tensor& v, int64_t dim,
+                                                                    int64_t n_power_iterations, double eps,
+                                                                    bool u_first) {
+  check_power_iteration_args(weight, u, v, dim, n_power_iterations, eps);
+  check_device(weight, c10::DeviceType::CUDA, "fastsn::spectral_norm_power_iteration", "weight");
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(weight.get_device()).stream();
+  const SpectralNormShape shape = spectral_norm_shape(weight, dim);
+  const Geometry g{shape.outer, shape.h, shape.inner};
+  const at::Tensor w_c = weight.contiguous();
+  const at::Tensor u_c = u.contiguous(), v_c = v.contiguous();
+  at::Tensor sigma = at::empty({}, weight.options().dtype(at::toOpMathType(weight.scalar_type())));
+  at::Tensor u_copy = at::empty({shape.h}, u.options());
+  at::Tensor v_copy = at::empty({shape.w()}, v.options());
+  // Buffers that are not contiguous are updated from the copies afterwards.
+  const bool direct = u.is_contiguous() && v.is_contiguous() && n_power_iterations > 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "spectral_norm_power_iteration", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* u_inplace = direct ? u.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* v_inplace = direct ? v.mutable_data_ptr<scalar_t>() : nullptr;
+    const int64_t shared_bytes = (shape.h + shape.w()) * static_cast<int64_t>(sizeof(acc_t));
+    if (weight.numel() <= kSmallMaxNumel && shared_bytes <= kSmallMaxSharedBytes) {
+      power_iteration_small_kernel<scalar_t, acc_t><<<1, kSmallThreads, shared_bytes, stream>>>(
+          w_c.const_data_ptr<scalar_t>(), g, u_c.const_data_ptr<scalar_t>(), v_c.const_data_ptr<scalar_t>(),
+          u_inplace, v_inplace, u_copy.mutable_data_ptr<scalar_t>(), v_copy.mutable_data_ptr<scalar_t>(),
+          sigma.mutable_data_ptr<acc_t>(), n_power_iterations, static_cast<acc_t>(eps), u_first);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      power_iteration_large<scalar_t>(w_c, g, u_c, v_c, u_inplace, v_inplace, u_copy, v_copy, sigma,
+                                      n_power_iterations, eps, u_first, stream);
+    }
+  });
+  if (n_power_iterations > 0 && !direct) {
+    u.copy_(u_copy);
+    v.copy_(v_copy);
+  }
+  return {sigma, u_copy, v_copy};
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// normalize and its backward
+// ----------------------------------------------------------------------------------------------------------
+
+// sigma, or eps where |sigma| < eps (an all-zero weight): no NaN, where torch would give one
+template <typename acc_t>
+__device__ __forceinline__ bool too_small(acc_t sigma, acc_t eps) {
+  return (sigma < 0 ? -sigma : sigma) < eps;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void normalize_kernel(const scalar_t* __restrict__ weight, int64_t n, const acc_t* __restrict__ sigma,
+                                 acc_t eps, scalar_t* __restrict__ out) {
+  const acc_t s = too_small(*sigma, eps) ? eps : *sigma;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[k] = static_cast<scalar_t>(static_cast<acc_t>(weight[k]) / s);
+  }
+}
+
+// partial[block] = sum over this block's elements of G * W
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+grad_dot_weight_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ weight, int64_t n,
+                       acc_t* __restrict__ partial) {
+  __shared__ acc_t scratch[32];
+  acc_t sum = 0;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    sum += static_cast<acc_t>(grad[k]) * static_cast<acc_t>(weight[k]);
+  }
+  sum = block_sum(sum, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = sum;
+}
+
+// dW = (G - <G, W_sn> u_i v_j) / sigma; every block first adds the <G, W> partials in the same order.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+normalize_backward_kernel(const scalar_t* __restrict__ grad, Geometry g, const scalar_t* __restrict__ u,
+                          const scalar_t* __restrict__ v, const acc_t* __restrict__ sigma, acc_t eps,
+                          const acc_t* __restrict__ partial, int partials, scalar_t* __restrict__ out) {
+  __shared__ acc_t scratch[32];
+  acc_t dot = 0;
+  for (int k = threadIdx.x; k < partials; k += blockDim.x) dot += partial[k];
+  dot = block_sum(dot, scratch);
+  const bool clamped = too_small(*sigma, eps);
+  const acc_t s = clamped ? eps : *sigma;
+  const acc_t coef = clamped ? acc_t(0) : dot / s;  // <G, W_sn>
+  const int64_t n = g.h * g.w();
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = k / g.inner, inner_index = k - row * g.inner;  // row = o*H + i
+    const int64_t o = row / g.h, i = row - o * g.h;
+    const acc_t uv = static_cast<acc_t>(u[i]) * static_cast<acc_t>(v[o * g.inner + inner_index]);
+    out[k] = static_cast<scalar_t>((static_cast<acc_t>(grad[k]) - coef * uv) / s);
+  }
+}
+
+at::Tensor normalize_cuda(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, const at::Tensor& sigma,
+                          int64_t dim, double eps) {
+  check_normalize_args(weight, u, v, sigma, dim, "fastsn::spectral_norm_normalize");
+  check_device(weight, c10::DeviceType::CUDA, "fastsn::spectral_norm_normalize", "weight");
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(weight.get_device()).stream();
+  const at::Tensor w_c = weight.contiguous();
+  at::Tensor out = at::empty_like(w_c);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "spectral_norm_normalize", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor s = sigma.to(at::toOpMathType(weight.scalar_type())).contiguous();
+    normalize_kernel<scalar_t, acc_t><<<blocks_for(w_c.numel(), kThreads, weight.get_device()), kThreads, 0, stream>>>(
+        w_c.const_data_ptr<scalar_t>(), w_c.numel(), s.const_data_ptr<acc_t>(), static_cast<acc_t>(eps),
+        out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor normalize_backward_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
+                                   const at::Tensor& v, const at::Tensor& sigma, int64_t dim, double eps) {
+  const char* op = "fastsn::spectral_norm_normalize_backward";
+  check_normalize_args(weight, u, v, sigma, dim, op);
+  check_device(weight, c10::DeviceType::CUDA, op, "weight");
+  check_floating(grad, op, "grad");
+  TORCH_CHECK(grad.sizes() == weight.sizes(), op, "(): argument 'grad' must have the shape of 'weight' (",
+              weight.sizes(), "), got ", grad.sizes());
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(weight.get_device()).stream();
+  const SpectralNormShape shape = spectral_norm_shape(weight, dim);
+  const Geometry g{shape.outer, shape.h, shape.inner};
+  const at::Tensor w_c = weight.contiguous();
+  const at::Tensor g_c = grad.to(weight.scalar_type()).contiguous();
+  const at::Tensor u_c = u.contiguous(), v_c = v.contiguous();
+  at::Tensor out = at::empty_like(w_c);
+  const int64_t n = w_c.numel();
+  const int blocks = std::min(blocks_for(n, kThreads, weight.get_device()), 1024);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "spectral_norm_normalize_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor s = sigma.to(at::toOpMathType(weight.scalar_type())).contiguous();
+    at::Tensor partial = at::empty({blocks}, s.options());
+    grad_dot_weight_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+        g_c.const_data_ptr<scalar_t>(), w_c.const_data_ptr<scalar_t>(), n, partial.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    normalize_backward_kernel<scalar_t, acc_t><<<blocks_for(n, kThreads, weight.get_device()), kThreads, 0, stream>>>(
+        g_c.const_data_ptr<scalar_t>(), g, u_c.const_data_ptr<scalar_t>(), v_c.const_data_ptr<scalar_t>(),
+        s.const_data_ptr<acc_t>(), static_cast<acc_t>(eps), partial.const_data_ptr<acc_t>(), blocks,
+        out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastsn, CUDA, m) {
+  m.impl("spectral_norm_power_iteration", &power_iteration_cuda);
+  m.impl("spectral_norm_normalize", &normalize_cuda);
+  m.impl("spectral_norm_normalize_backward", &normalize_backward_cuda);
+}
+
+}  // namespace fastsn

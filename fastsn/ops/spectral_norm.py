@@ -1,0 +1,269 @@
+"""Spectral normalization ops: the fused power iteration and the normalization W / sigma with its fused backward.
+
+A weight W of any shape is seen as the matrix M of shape (h, w) that torch's spectral norm uses: ``dim``
+permuted to the front, the rest flattened in order. With W contiguous and viewed as (O, h, I) (O: product of
+the sizes before ``dim``, I: of those after), M[i, o*I + k] = W[o, i, k]; every backend works on that view.
+
+Ops (each on the cuda, triton, cpu and ref backends):
+    spectral_norm_power_iteration: n power iterations updating u (h,) and v (w,) in place, in the order of the
+        API in use (u then v: torch.nn.utils.parametrizations; v then u: the legacy hook API), then
+        sigma = u . (M v). No gradient.
+    spectral_norm_normalize: W / sigma, where sigma = u . (M(W) v) is a function of W (u and v constant);
+        its backward is fused: dW = (G - <G, W_sn> u v^T) / sigma, exactly torch's gradient. Where
+        |sigma| < eps (an all-zero weight), eps replaces sigma (and takes no gradient): torch returns NaN there.
+
+Half and bfloat16 accumulate in float32; sigma is returned in float32 for them (float64 for float64 weights),
+and eps is applied in that precision, so 1e-12 does not underflow.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from fastsn import _backend, _extension
+from fastsn.ops._checks import check_floating, check_tensor
+
+OP = "fastsn::spectral_norm"
+
+
+def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of a weight dtype: float64 stays, everything else computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def weight_to_matrix(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """torch's view of a weight as a matrix: ``dim`` permuted to the front, the rest flattened.
+
+    Args:
+        weight: (d_0, ..., d_{n-1}), n >= 2.
+        dim: the output dimension, in [0, n).
+
+    Returns:
+        (d_dim, prod of the other sizes), a view where possible.
+    """
+    if dim != 0:
+        weight = weight.permute(dim, *(d for d in range(weight.dim()) if d != dim))
+    return weight.flatten(1)
+
+
+def matrix_to_weight(matrix: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
+    """Inverse of :func:`weight_to_matrix`: an (h, w) matrix laid out back into the shape of ``like``."""
+    order = [dim] + [d for d in range(like.dim()) if d != dim]
+    permuted = matrix.reshape([like.shape[d] for d in order])
+    return permuted.permute(*sorted(range(like.dim()), key=order.__getitem__))
+
+
+def check_power_iteration_args(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int,
+                               n_power_iterations: int, eps: float, op: str = OP + "_power_iteration") -> None:
+    """The checks every backend makes, worded as the C++ TORCH_CHECKs."""
+    for name, t in (("weight", weight), ("u", u), ("v", v)):
+        check_tensor(t, op, name)
+        check_floating(t, op, name)
+    if weight.dim() < 2:
+        raise RuntimeError(f"{op}(): argument 'weight' must have at least 2 dimensions, got {weight.dim()}")
+    if not 0 <= dim < weight.dim():
+        raise RuntimeError(f"{op}(): argument 'dim' must be in [0, {weight.dim() - 1}], got {dim}")
+    h = weight.shape[dim]
+    w = math.prod(size for d, size in enumerate(weight.shape) if d != dim)
+    if u.dim() != 1 or u.numel() != h:
+        raise RuntimeError(f"{op}(): argument 'u' must have shape ({h},), got {tuple(u.shape)}")
+    if v.dim() != 1 or v.numel() != w:
+        raise RuntimeError(f"{op}(): argument 'v' must have shape ({w},), got {tuple(v.shape)}")
+    if u.dtype != weight.dtype or v.dtype != weight.dtype:
+        raise RuntimeError(f"{op}(): arguments 'u' and 'v' must have the dtype of 'weight' ({weight.dtype}), "
+                           f"got {u.dtype} and {v.dtype}")
+    if u.device != weight.device or v.device != weight.device:
+        raise RuntimeError(f"{op}(): arguments 'u' and 'v' must be on the device of 'weight' ({weight.device})")
+    if n_power_iterations < 0:
+        raise RuntimeError(f"{op}(): argument 'n_power_iterations' must be >= 0, got {n_power_iterations}")
+    if not eps > 0:
+        raise RuntimeError(f"{op}(): argument 'eps' must be positive, got {eps}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pure-PyTorch references
+# ---------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def spectral_norm_power_iteration_ref(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int = 0,
+                                      n_power_iterations: int = 1, eps: float = 1e-12,
+                                      u_first: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference of :func:`spectral_norm_power_iteration`.
+
+    Args:
+        weight: (d_0, ..., d_{n-1}), n >= 2; seen as M of shape (h, w), h = d_dim.
+        u: (h,), updated in place when n_power_iterations > 0.
+        v: (w,), updated in place when n_power_iterations > 0.
+        dim: the output dimension of weight.
+        n_power_iterations: iterations to run (0: only compute sigma).
+        eps: floor of the norms, as in F.normalize.
+        u_first: True: u = N(M v) then v = N(M^T u) (parametrizations API); False: v first (legacy hook API).
+
+    Returns:
+        sigma: () in float32 (float64 for float64 weights), u . (M v) with the updated vectors;
+        u_copy (h,), v_copy (w,): fresh copies of the updated u and v, for the backward.
+    """
+    check_power_iteration_args(weight, u, v, dim, n_power_iterations, eps)
+    acc = opmath_dtype(weight.dtype)
+    m = weight_to_matrix(weight.detach(), dim).to(acc)
+    u_acc, v_acc = u.to(acc), v.to(acc)
+    for _ in range(n_power_iterations):
+        if u_first:
+            u_acc = F.normalize(torch.mv(m, v_acc), dim=0, eps=eps)
+            v_acc = F.normalize(torch.mv(m.t(), u_acc), dim=0, eps=eps)
+        else:
+            v_acc = F.normalize(torch.mv(m.t(), u_acc), dim=0, eps=eps)
+            u_acc = F.normalize(torch.mv(m, v_acc), dim=0, eps=eps)
+    if n_power_iterations > 0:
+        u.copy_(u_acc)
+        v.copy_(v_acc)
+    sigma = torch.dot(u.to(acc), torch.mv(m, v.to(acc)))
+    return sigma, u.clone(memory_format=torch.contiguous_format), v.clone(memory_format=torch.contiguous_format)
+
+
+def spectral_norm_normalize_ref(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
+                                dim: int = 0, eps: float = 1e-12) -> torch.Tensor:
+    """Reference of :func:`spectral_norm_normalize`: ``weight / (u . (M(weight) v))``, differentiable in weight.
+
+    ``sigma`` (its precomputed value, which the kernels use) is recomputed here from weight, as torch does, so
+    that autograd sees sigma's dependence on the weight.
+
+    Args:
+        weight: (d_0, ..., d_{n-1}), n >= 2.
+        u: (h,), v: (w,): constants (no gradient).
+        sigma: (), the value of u . (M v); unused by the reference.
+        dim: the output dimension of weight.
+        eps: where |sigma| < eps, eps replaces sigma (no NaN for an all-zero weight).
+
+    Returns:
+        W_sn, same shape and dtype as weight.
+    """
+    acc = opmath_dtype(weight.dtype)
+    m = weight_to_matrix(weight, dim).to(acc)
+    sigma_of_weight = torch.dot(u.detach().to(acc), torch.mv(m, v.detach().to(acc)))
+    guarded = torch.where(sigma_of_weight.abs() < eps, torch.full_like(sigma_of_weight, eps), sigma_of_weight)
+    return (weight.to(acc) / guarded).to(weight.dtype)
+
+
+def spectral_norm_normalize_backward_ref(grad: torch.Tensor, weight: torch.Tensor, u: torch.Tensor,
+                                         v: torch.Tensor, sigma: torch.Tensor, dim: int = 0,
+                                         eps: float = 1e-12) -> torch.Tensor:
+    """dW = (G - <G, W_sn> u v^T) / sigma (G / eps where |sigma| < eps), in torch ops, so itself differentiable.
+
+    Args:
+        grad: G, the gradient of W_sn, shape of weight.
+        weight, u, v, sigma, dim, eps: as :func:`spectral_norm_normalize`.
+
+    Returns:
+        dW, shape and dtype of weight.
+    """
+    acc = opmath_dtype(weight.dtype)
+    g, w_acc, s = grad.to(acc), weight.to(acc), sigma.to(acc).reshape(())
+    clamped = s.abs() < eps
+    s_hat = torch.where(clamped, torch.full_like(s, eps), s)
+    coef = torch.where(clamped, torch.zeros_like(s), (g * w_acc).sum() / s_hat)  # <G, W_sn>
+    uv = matrix_to_weight(torch.outer(u.to(acc), v.to(acc)), weight, dim)
+    return ((g - coef * uv) / s_hat).to(weight.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dispatch
+# ---------------------------------------------------------------------------------------------------------------
+
+def _kernel(name: str, backend: str):
+    return getattr(torch.ops.fastsn, f"{name}_triton" if backend == "triton" else name)
+
+
+def spectral_norm_power_iteration(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int = 0,
+                                  n_power_iterations: int = 1, eps: float = 1e-12, u_first: bool = True, *,
+                                  backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused power iteration: updates u and v in place and returns (sigma, u_copy, v_copy).
+
+    Args and Returns: as :func:`spectral_norm_power_iteration_ref`; ``backend`` as :func:`fastsn.ops.build_info`.
+    """
+    check_tensor(weight, OP + "_power_iteration", "weight")
+    name = _backend.resolve("spectral_norm", weight.device, backend)
+    if name == "ref":
+        return spectral_norm_power_iteration_ref(weight, u, v, dim, n_power_iterations, eps, u_first)
+    return _kernel("spectral_norm_power_iteration", name)(weight.detach(), u, v, dim, n_power_iterations, eps,
+                                                            u_first)
+
+
+def spectral_norm_normalize(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
+                            dim: int = 0, eps: float = 1e-12, *, backend: Optional[str] = None) -> torch.Tensor:
+    """W_sn = weight / sigma with the fused backward dW = (G - <G, W_sn> u v^T) / sigma.
+
+    Args and Returns: as :func:`spectral_norm_normalize_ref`; ``backend`` as :func:`fastsn.ops.build_info`.
+    """
+    check_tensor(weight, OP + "_normalize", "weight")
+    name = _backend.resolve("spectral_norm", weight.device, backend)
+    if name == "ref":
+        return spectral_norm_normalize_ref(weight, u, v, sigma, dim, eps)
+    return _kernel("spectral_norm_normalize", name)(weight, u, v, sigma, dim, eps)
+
+
+def spectral_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int = 0,
+                  n_power_iterations: int = 1, eps: float = 1e-12, u_first: bool = True, *,
+                  backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole spectral norm of one weight: power iteration (in place on u, v), then W / sigma.
+
+    Args:
+        weight: (d_0, ..., d_{n-1}), n >= 2; u: (h,); v: (w,); the rest as :func:`spectral_norm_power_iteration`.
+
+    Returns:
+        W_sn (shape of weight, differentiable in weight) and sigma ().
+    """
+    name = _backend.resolve("spectral_norm", weight.device, backend)
+    sigma, u_copy, v_copy = spectral_norm_power_iteration(weight, u, v, dim, n_power_iterations, eps, u_first,
+                                                          backend=name)
+    return spectral_norm_normalize(weight, u_copy, v_copy, sigma, dim, eps, backend=name), sigma
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fake kernels and autograd (the schemas come with fastsn._C)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _power_iteration_fake(weight, u, v, dim, n_power_iterations, eps, u_first):
+    check_power_iteration_args(weight, u, v, dim, n_power_iterations, eps)
+    sigma = weight.new_empty((), dtype=opmath_dtype(weight.dtype))
+    return sigma, torch.empty_like(u, memory_format=torch.contiguous_format), \
+        torch.empty_like(v, memory_format=torch.contiguous_format)
+
+
+def _normalize_fake(weight, u, v, sigma, dim, eps):
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+def _normalize_backward_fake(grad, weight, u, v, sigma, dim, eps):
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+def _normalize_setup_context(ctx, inputs, output):
+    weight, u, v, sigma, dim, eps = inputs
+    ctx.save_for_backward(weight, u, v, sigma)
+    ctx.dim, ctx.eps = dim, eps
+
+
+def _make_normalize_backward(backward_op: str):
+    def backward(ctx, grad):
+        weight, u, v, sigma = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate again
+            grad_weight = spectral_norm_normalize_backward_ref(grad, weight, u, v, sigma, ctx.dim, ctx.eps)
+        else:
+            grad_weight = getattr(torch.ops.fastsn, backward_op)(grad, weight, u, v, sigma, ctx.dim, ctx.eps)
+        return grad_weight, None, None, None, None, None
+    return backward
+
+
+for _suffix in ("", "_triton"):
+    if _extension.op_defined("spectral_norm_power_iteration" + _suffix):
+        torch.library.register_fake("fastsn::spectral_norm_power_iteration" + _suffix)(_power_iteration_fake)
+        torch.library.register_fake("fastsn::spectral_norm_normalize" + _suffix)(_normalize_fake)
+        torch.library.register_fake("fastsn::spectral_norm_normalize_backward" + _suffix)(_normalize_backward_fake)
+        torch.library.register_autograd(
+            "fastsn::spectral_norm_normalize" + _suffix,
+            _make_normalize_backward("spectral_norm_normalize_backward" + _suffix),
+            setup_context=_normalize_setup_context)

@@ -9,6 +9,8 @@ import torch  # noqa: F401  (fastsn._C links against libtorch: torch must be loa
 from fastsn import _extension
 from fastsn._backend import BACKENDS, BackendUnavailableError, available_backends, use_backend
 from fastsn import ops, nn
+from fastsn.nn.utils.convert import convert_spectral_norm, spectral_norms
+from fastsn.nn.utils.parametrizations import spectral_norm
 
 __version__ = (_extension.BUILD or {}).get("version", "0+unbuilt")
 
@@ -20,4 +22,5 @@ def show_config() -> dict:
     return _show_config()
 
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "use_backend", "show_config", "ops", "nn"]
+__all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "convert_spectral_norm", "nn", "ops",
+           "show_config", "spectral_norm", "spectral_norms", "use_backend"]

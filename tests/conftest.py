@@ -36,7 +36,8 @@ def backend_device_pairs(op: str = "build_info") -> list[tuple[str, str]]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend_device" in metafunc.fixturenames:
-        pairs = backend_device_pairs()
+        # a test module names its op family in OP (its kernels decide which backends exist)
+        pairs = backend_device_pairs(getattr(metafunc.module, "OP", "build_info"))
         metafunc.parametrize("backend_device", pairs, ids=[f"{b}-{d}" for b, d in pairs])
     if "dtype" in metafunc.fixturenames:
         metafunc.parametrize("dtype", DTYPES, ids=[str(d).replace("torch.", "") for d in DTYPES])

@@ -45,7 +45,7 @@ def weight_to_matrix(weight: torch.Tensor, dim: int) -> torch.Tensor:
         (d_dim, prod of the other sizes), a view where possible.
     """
     if dim != 0:
-        weight = weight.permute(dim, *(d for d in range(weight.dim()) if d != dim))
+        weight = weight.permute(dim, *[d for d in range(weight.dim()) if d != dim])
     return weight.flatten(1)
 
 
@@ -67,7 +67,7 @@ def check_power_iteration_args(weight: torch.Tensor, u: torch.Tensor, v: torch.T
     if not 0 <= dim < weight.dim():
         raise RuntimeError(f"{op}(): argument 'dim' must be in [0, {weight.dim() - 1}], got {dim}")
     h = weight.shape[dim]
-    w = math.prod(size for d, size in enumerate(weight.shape) if d != dim)
+    w = math.prod([size for d, size in enumerate(weight.shape) if d != dim])
     if u.dim() != 1 or u.numel() != h:
         raise RuntimeError(f"{op}(): argument 'u' must have shape ({h},), got {tuple(u.shape)}")
     if v.dim() != 1 or v.numel() != w:
@@ -153,6 +153,9 @@ def spectral_norm_normalize_backward_ref(grad: torch.Tensor, weight: torch.Tenso
                                          eps: float = 1e-12) -> torch.Tensor:
     """dW = (G - <G, W_sn> u v^T) / sigma (G / eps where |sigma| < eps), in torch ops, so itself differentiable.
 
+    As in :func:`spectral_norm_normalize_ref`, sigma is recomputed from the weight (the argument is unused), so
+    that differentiating this gradient again also sees sigma's dependence on the weight.
+
     Args:
         grad: G, the gradient of W_sn, shape of weight.
         weight, u, v, sigma, dim, eps: as :func:`spectral_norm_normalize`.
@@ -161,7 +164,8 @@ def spectral_norm_normalize_backward_ref(grad: torch.Tensor, weight: torch.Tenso
         dW, shape and dtype of weight.
     """
     acc = opmath_dtype(weight.dtype)
-    g, w_acc, s = grad.to(acc), weight.to(acc), sigma.to(acc).reshape(())
+    g, w_acc = grad.to(acc), weight.to(acc)
+    s = torch.dot(u.detach().to(acc), torch.mv(weight_to_matrix(w_acc, dim), v.detach().to(acc)))
     clamped = s.abs() < eps
     s_hat = torch.where(clamped, torch.full_like(s, eps), s)
     coef = torch.where(clamped, torch.zeros_like(s), (g * w_acc).sum() / s_hat)  # <G, W_sn>

@@ -1,0 +1,372 @@
+"""fastsn's two spectral-norm APIs against torch's, on every backend x device: the behaviours torch's own tests
+assert (test_nn.py test_spectral_norm*, test_parametrization.py test_new_spectral_norm*), parity over training
+steps on many layer kinds, checkpoints both ways, errors, pickling, deepcopy, torch.compile, conversion."""
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+import fastsn
+import fastsn.nn.utils as fnu
+from conftest import TOLERANCES
+
+OP = "spectral_norm"
+APIS = ["parametrizations", "hook"]
+TORCH_SN = {"parametrizations": torch.nn.utils.parametrizations.spectral_norm, "hook": torch.nn.utils.spectral_norm}
+FASTSN_SN = {"parametrizations": fnu.parametrizations.spectral_norm, "hook": fnu.spectral_norm}
+
+
+class Vector(torch.nn.Module):
+    """A module with a 1-D weight: y = weight * x."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * x
+
+
+# (name, module factory, input factory)
+LAYERS = [
+    ("linear", lambda: torch.nn.Linear(7, 5), lambda: torch.randn(3, 7)),
+    ("linear-1x1", lambda: torch.nn.Linear(1, 1), lambda: torch.randn(4, 1)),
+    ("linear-wide", lambda: torch.nn.Linear(33, 1), lambda: torch.randn(2, 33)),
+    ("conv1d", lambda: torch.nn.Conv1d(3, 4, 3), lambda: torch.randn(2, 3, 9)),
+    ("conv2d", lambda: torch.nn.Conv2d(3, 6, (3, 2)), lambda: torch.randn(2, 3, 7, 6)),
+    ("conv3d", lambda: torch.nn.Conv3d(2, 3, 2), lambda: torch.randn(1, 2, 4, 4, 3)),
+    ("convtranspose2d", lambda: torch.nn.ConvTranspose2d(3, 5, 3), lambda: torch.randn(2, 3, 4, 4)),
+    ("embedding", lambda: torch.nn.Embedding(11, 6), lambda: torch.randint(0, 11, (5,))),
+    ("vector", lambda: Vector(6), lambda: torch.randn(6)),
+]
+
+
+def _twins(api: str, factory, seed: int = 0, **kwargs):
+    """The same layer with torch's and with fastsn's spectral norm, initialized identically."""
+    torch.manual_seed(seed)
+    reference = factory()
+    ours = copy.deepcopy(reference)
+    torch.manual_seed(seed + 1)
+    TORCH_SN[api](reference, **kwargs)
+    torch.manual_seed(seed + 1)
+    FASTSN_SN[api](ours, **kwargs)
+    return reference, ours
+
+
+def _buffers(module):
+    return {k: v for k, v in module.state_dict().items() if k.endswith(("_u", "_v"))}
+
+
+def _assert_close(a, b, dtype=torch.float32, scale=1.0):
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(a, b, rtol=max(rtol, 1e-4), atol=max(atol, 1e-5) * scale)
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("layer", LAYERS, ids=[name for name, _, _ in LAYERS])
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_training_steps_match_torch(backend_device, api, layer, iterations):
+    backend, device = backend_device
+    name, factory, inputs = layer
+    if name == "vector" and api == "hook":
+        pass  # the hook API treats a 1-D weight as an (h, 1) matrix: covered too
+    reference, ours = _twins(api, factory, n_power_iterations=iterations)
+    reference, ours = reference.to(device), ours.to(device)
+    opt_ref = torch.optim.SGD(reference.parameters(), lr=0.1)
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=0.1)
+    with fastsn.use_backend(backend):
+        for _ in range(3):
+            x = inputs().to(device)
+            y_ref, y = reference(x), ours(x)
+            _assert_close(y, y_ref)
+            for key, value in _buffers(reference).items():
+                _assert_close(_buffers(ours)[key], value)
+            y_ref.square().sum().backward()
+            y.square().sum().backward()
+            for (pname, p_ref), p in zip(reference.named_parameters(), ours.parameters()):
+                _assert_close(p.grad, p_ref.grad, scale=float(p_ref.grad.abs().max()) + 1)
+            opt_ref.step(), opt_ours.step(), opt_ref.zero_grad(), opt_ours.zero_grad()
+        reference.eval(), ours.eval()
+        before = _buffers(ours)
+        x = inputs().to(device)
+        _assert_close(ours(x), reference(x))
+        for key, value in _buffers(ours).items():
+            assert torch.equal(value, before[key])  # no update in eval
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_state_dict_keys_and_checkpoints_both_ways(backend_device, api):
+    backend, device = backend_device
+    reference, ours = _twins(api, lambda: torch.nn.Conv2d(3, 4, 3))
+    reference, ours = reference.to(device), ours.to(device)
+    assert list(ours.state_dict().keys()) == list(reference.state_dict().keys())
+    x = torch.randn(2, 3, 6, 6, device=device)
+    with fastsn.use_backend(backend):
+        reference(x), ours(x)  # one training step each
+        fresh_ours = FASTSN_SN[api](torch.nn.Conv2d(3, 4, 3)).to(device)
+        fresh_ref = TORCH_SN[api](torch.nn.Conv2d(3, 4, 3)).to(device)
+        fresh_ours.load_state_dict(reference.state_dict())  # torch checkpoint -> fastsn
+        fresh_ref.load_state_dict(ours.state_dict())  # fastsn checkpoint -> torch
+        for module in (reference, ours, fresh_ours, fresh_ref):
+            module.eval()
+        _assert_close(fresh_ours(x), reference(x))
+        _assert_close(fresh_ref(x), ours(x))
+    if api == "hook":
+        assert ours.state_dict()._metadata[""]["spectral_norm"] == {"weight.version": 1}
+
+
+def test_hook_api_loads_checkpoints_older_than_version_1(backend_device):
+    """A state dict without weight_v, with the normalized weight, and no version: v is solved on load."""
+    backend, device = backend_device
+    reference, ours = _twins("hook", lambda: torch.nn.Linear(5, 7))
+    with fastsn.use_backend(backend):
+        x = torch.randn(3, 5)
+        reference(x)
+        reference.eval()
+        old = reference.state_dict()
+        old["weight"] = reference.weight.detach().clone()
+        del old["weight_v"]
+        del old._metadata[""]["spectral_norm"]
+        ours.load_state_dict(old)
+        ours.eval()
+        expected = torch.nn.utils.spectral_norm(torch.nn.Linear(5, 7))
+        expected.load_state_dict(old)
+        expected.eval()
+        _assert_close(ours.weight_v, expected.weight_v)
+        _assert_close(ours(x), expected(x))
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_dim_defaults(api):
+    """ConvTranspose uses dim 1, everything else dim 0 (torch's test_spectral_norm_dim)."""
+    for module, dim in [(torch.nn.ConvTranspose2d(3, 4, (5, 6)), 1), (torch.nn.Conv2d(3, 4, 5), 0)]:
+        FASTSN_SN[api](module)
+        weight = module.parametrizations.weight.original if api == "parametrizations" else module.weight_orig
+        u = module.parametrizations.weight[0]._u if api == "parametrizations" else module.weight_u
+        assert u.shape == (weight.shape[dim],)
+
+
+def test_parametrization_forward_is_the_power_iteration_formula(backend_device):
+    """torch's test_new_spectral_norm_forward: one step computed by hand gives the same weight and u, v."""
+    backend, device = backend_device
+    module = fnu.parametrizations.spectral_norm(torch.nn.Linear(5, 7)).to(device)
+    sn = module.parametrizations.weight[0]
+    u, v = sn._u.clone(), sn._v.clone()
+    weight = module.parametrizations.weight.original.detach()
+    with fastsn.use_backend(backend):
+        out = module.weight
+    u = F.normalize(weight @ v, dim=0, eps=1e-12)
+    v = F.normalize(weight.t() @ u, dim=0, eps=1e-12)
+    _assert_close(sn._u, u)
+    _assert_close(sn._v, v)
+    _assert_close(out, weight / torch.dot(u, weight @ v))
+
+
+def test_hook_forward_is_the_power_iteration_formula(backend_device):
+    """torch's test_spectral_norm_forward: v then u, then weight / (u . W v)."""
+    backend, device = backend_device
+    module = fnu.spectral_norm(torch.nn.Linear(5, 7)).to(device)
+    u, v = module.weight_u.clone(), module.weight_v.clone()
+    weight = module.weight_orig.detach()
+    with fastsn.use_backend(backend):
+        module(torch.randn(2, 5, device=device))
+    v = F.normalize(weight.t() @ u, dim=0, eps=1e-12)
+    u = F.normalize(weight @ v, dim=0, eps=1e-12)
+    _assert_close(module.weight_u, u)
+    _assert_close(module.weight, weight / torch.dot(u, weight @ v))
+
+
+def test_converges_to_the_largest_singular_value(backend_device):
+    """torch's test_new_spectral_norm_value: a weight with known singular values ends up divided by the largest."""
+    backend, device = backend_device
+    q1, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))
+    weight = q1[:, :4] @ torch.diag(torch.tensor([5.0, 2.0, 1.0, 0.5], dtype=torch.float64)) @ q2.t()
+    module = torch.nn.Linear(4, 6, bias=False).double()
+    with torch.no_grad():
+        module.weight.copy_(weight)
+    fnu.parametrizations.spectral_norm(module)
+    module.to(device)
+    with fastsn.use_backend(backend):
+        for _ in range(20):
+            normalized = module.weight
+    torch.testing.assert_close(normalized.cpu(), weight / 5.0, rtol=1e-6, atol=1e-8)
+    assert abs(float(fastsn.spectral_norms(module)[""]) - 5.0) < 1e-8
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_two_forwards_then_one_backward(backend_device, api):
+    """D(real) - D(fake) then backward: the in-place u, v updates must not break the first graph."""
+    backend, device = backend_device
+    reference, ours = _twins(api, lambda: torch.nn.Linear(6, 1))
+    reference, ours = reference.to(device), ours.to(device)
+    real, fake = torch.randn(4, 6, device=device), torch.randn(4, 6, device=device)
+    with fastsn.use_backend(backend):
+        (ours(real).mean() - ours(fake).mean()).backward()
+        (reference(real).mean() - reference(fake).mean()).backward()
+    for p, p_ref in zip(ours.parameters(), reference.parameters()):
+        _assert_close(p.grad, p_ref.grad)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_pickle_and_deepcopy(backend_device, api):
+    """The hook API pickles (torch's test_spectral_norm_pickle); parametrized modules refuse to, as in torch."""
+    backend, device = backend_device
+    module = FASTSN_SN[api](torch.nn.Linear(5, 3)).to(device).eval()
+    copied = copy.deepcopy(module)  # before a forward: the hook API's computed weight is no graph leaf after it
+    x = torch.randn(2, 5, device=device)
+    with fastsn.use_backend(backend):
+        expected = module(x)
+        torch.testing.assert_close(copied(x), expected)
+        if api == "parametrizations":
+            with pytest.raises(RuntimeError, match="only supported through state_dict"):
+                pickle.dumps(module)
+            return
+        clone = pickle.loads(pickle.dumps(module))
+        assert isinstance(clone, torch.nn.Linear)
+        torch.testing.assert_close(clone(x), expected)
+        buffer = io.BytesIO()
+        torch.save(module, buffer)
+        buffer.seek(0)
+        torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), expected)
+
+
+def _raised(call):
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the point is to compare whatever is raised
+        return type(exc), str(exc)
+    return None
+
+
+ERROR_CASES = [
+    ("n_power_iterations=0", lambda sn: sn(torch.nn.Linear(3, 4), n_power_iterations=0)),
+    ("n_power_iterations=-1", lambda sn: sn(torch.nn.Linear(3, 4), n_power_iterations=-1)),
+    ("missing name", lambda sn: sn(torch.nn.Linear(3, 4), name="nope")),
+    ("dim out of range", lambda sn: sn(torch.nn.Linear(3, 4), dim=2)),
+    ("dim too negative", lambda sn: sn(torch.nn.Linear(3, 4), dim=-3)),
+    ("uninitialized", lambda sn: sn(torch.nn.LazyLinear(4))),
+    ("twice", lambda sn: sn(sn(torch.nn.Linear(3, 4)))),
+]
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("case", ERROR_CASES, ids=[name for name, _ in ERROR_CASES])
+def test_errors_match_torch(api, case):
+    _, call = case
+    expected = _raised(lambda: call(TORCH_SN[api]))
+    assert _raised(lambda: call(FASTSN_SN[api])) == expected
+
+
+def test_hook_errors_across_libraries():
+    module = fnu.spectral_norm(torch.nn.Linear(3, 4))
+    with pytest.raises(RuntimeError, match="Cannot register two spectral_norm hooks"):
+        torch.nn.utils.spectral_norm(module)  # torch sees fastsn's hook too
+    with pytest.raises(ValueError, match="spectral_norm of 'weight' not found"):
+        fnu.remove_spectral_norm(torch.nn.Linear(3, 4))
+
+
+@pytest.mark.parametrize("remove", [fnu.remove_spectral_norm, torch.nn.utils.remove_spectral_norm],
+                         ids=["fastsn", "torch"])
+def test_remove_hook(backend_device, remove):
+    backend, device = backend_device
+    module = fnu.spectral_norm(torch.nn.Linear(5, 7)).to(device)
+    with fastsn.use_backend(backend):
+        module(torch.randn(2, 5, device=device))
+        module.eval()
+        module(torch.randn(1, 5, device=device))
+        normalized = module.weight.detach().clone()
+        remove(module)
+    assert isinstance(module.weight, torch.nn.Parameter) and not hasattr(module, "weight_orig")
+    assert not hasattr(module, "weight_u") and not module._forward_pre_hooks
+    _assert_close(module.weight, normalized)
+
+
+def test_remove_parametrization(backend_device):
+    backend, device = backend_device
+    module = fnu.parametrizations.spectral_norm(torch.nn.Linear(5, 7)).to(device).eval()
+    with fastsn.use_backend(backend):
+        normalized = module.weight.detach().clone()
+        parametrize.remove_parametrizations(module, "weight")
+    assert not parametrize.is_parametrized(module)
+    _assert_close(module.weight, normalized)
+
+
+def test_zero_weight_gives_zero_not_nan(backend_device):
+    """The one deliberate difference from torch, which returns NaN here."""
+    backend, device = backend_device
+    for api in APIS:
+        module = FASTSN_SN[api](torch.nn.Linear(3, 4)).to(device)
+        with torch.no_grad():
+            (module.parametrizations.weight.original if api == "parametrizations" else module.weight_orig).zero_()
+        with fastsn.use_backend(backend):
+            y = module(torch.randn(2, 3, device=device))
+        assert torch.isfinite(y).all()
+
+
+def _discriminator():
+    return torch.nn.Sequential(
+        torch.nn.utils.parametrizations.spectral_norm(torch.nn.Conv2d(3, 8, 3)), torch.nn.LeakyReLU(0.2),
+        torch.nn.utils.spectral_norm(torch.nn.Conv2d(8, 4, 3, stride=2)), torch.nn.LeakyReLU(0.2),
+        torch.nn.Flatten(), torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(4 * 3 * 3, 1)))
+
+
+def test_convert_spectral_norm_matches_the_unconverted_model(backend_device):
+    backend, device = backend_device
+    torch.manual_seed(0)
+    reference = _discriminator().to(device)
+    ours = fastsn.convert_spectral_norm(copy.deepcopy(reference))
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    assert isinstance(ours[0].parametrizations.weight[0], fnu.parametrizations._SpectralNorm)
+    assert isinstance(ours[2]._forward_pre_hooks[next(iter(ours[2]._forward_pre_hooks))], fnu.spectral_norm.__globals__["SpectralNorm"])
+    opt_ref = torch.optim.SGD(reference.parameters(), lr=0.05)
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=0.05)
+    with fastsn.use_backend(backend):
+        for _ in range(3):
+            x = torch.randn(4, 3, 9, 9, device=device)
+            y_ref, y = reference(x), ours(x)
+            _assert_close(y, y_ref)
+            y_ref.sum().backward(), y.sum().backward()
+            for p, p_ref in zip(ours.parameters(), reference.parameters()):
+                _assert_close(p.grad, p_ref.grad)
+            opt_ref.step(), opt_ours.step(), opt_ref.zero_grad(), opt_ours.zero_grad()
+    for key, value in reference.state_dict().items():
+        _assert_close(ours.state_dict()[key], value)
+
+
+def test_spectral_norms_reads_every_layer_without_updating(backend_device):
+    backend, device = backend_device
+    model = _discriminator().to(device)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with fastsn.use_backend(backend):
+        sigmas = fastsn.spectral_norms(model)
+    assert sorted(sigmas) == ["0", "2", "5"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+    weight = model[0].parametrizations.weight.original.detach().flatten(1)
+    sn = model[0].parametrizations.weight[0]
+    _assert_close(sigmas["0"], torch.dot(sn._u, weight @ sn._v))
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_torch_compile_fullgraph(backend_device, api):
+    backend, device = backend_device
+    reference, ours = _twins(api, lambda: torch.nn.Linear(6, 3))
+    reference, ours = reference.to(device), ours.to(device)
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
+    with fastsn.use_backend(backend):
+        for _ in range(2):
+            x = torch.randn(4, 6, device=device)
+            y, y_ref = compiled(x), reference(x)
+            _assert_close(y, y_ref)
+            for key, value in _buffers(reference).items():
+                _assert_close(_buffers(ours)[key], value)  # the in-place updates survive compilation
+            y.sum().backward(), y_ref.sum().backward()
+            for p, p_ref in zip(ours.parameters(), reference.parameters()):
+                _assert_close(p.grad, p_ref.grad)

@@ -1,0 +1,184 @@
+"""Spectral-norm ops on every backend x device against the pure-PyTorch references: values, in-place updates,
+gradients (gradcheck, gradgradcheck in float64), registration (opcheck), odd shapes and bad input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TOLERANCES, backend_device_pairs
+from fastsn import _backend
+from fastsn.ops import spectral_norm as sn
+
+OP = "spectral_norm"
+# (shape, dim): Linear, 1-wide dims, conv, ConvTranspose (dim 1), a middle dim, a transposed matrix
+CASES = [((5, 3), 0), ((1, 7), 0), ((7, 1), 0), ((16, 3, 4, 4), 0), ((3, 16, 4, 4), 1), ((4, 3, 5, 6), 2),
+         ((33, 65), 1), ((130, 70), 0)]
+CASE_IDS = [f"{'x'.join(map(str, shape))}-dim{dim}" for shape, dim in CASES]
+
+
+def _vectors(shape, dim, dtype, device):
+    h = shape[dim]
+    w = math.prod(size for d, size in enumerate(shape) if d != dim)
+    u = F.normalize(torch.randn(h, dtype=torch.float64), dim=0).to(dtype).to(device)
+    v = F.normalize(torch.randn(w, dtype=torch.float64), dim=0).to(dtype).to(device)
+    return u, v
+
+
+def _close(actual, expected, dtype, scale=1.0):
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(actual.to(torch.float64), expected.to(torch.float64), rtol=rtol * 4,
+                               atol=atol * 4 * scale)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("iterations", [0, 1, 3])
+@pytest.mark.parametrize("u_first", [True, False], ids=["u_first", "v_first"])
+def test_power_iteration_matches_reference(backend_device, dtype, case, iterations, u_first):
+    backend, device = backend_device
+    shape, dim = case
+    weight = torch.randn(shape, dtype=dtype, device=device)
+    u, v = _vectors(shape, dim, dtype, device)
+    u_ref, v_ref = u.clone(), v.clone()
+    u_storage = u.data_ptr()
+    sigma, u_copy, v_copy = sn.spectral_norm_power_iteration(weight, u, v, dim, iterations, 1e-12, u_first,
+                                                             backend=backend)
+    sigma_ref, _, _ = sn.spectral_norm_power_iteration_ref(weight, u_ref, v_ref, dim, iterations, 1e-12, u_first)
+    assert sigma.shape == () and sigma.dtype == sn.opmath_dtype(dtype)
+    _close(sigma, sigma_ref, dtype, scale=float(sigma_ref.abs()) + 1)
+    _close(u, u_ref, dtype)  # updated in place (or left alone when iterations == 0)
+    _close(v, v_ref, dtype)
+    assert u.data_ptr() == u_storage
+    assert torch.equal(u_copy, u) and torch.equal(v_copy, v)
+    assert u_copy.data_ptr() != u.data_ptr() and v_copy.data_ptr() != v.data_ptr()
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_normalize_and_backward_match_reference(backend_device, dtype, case):
+    backend, device = backend_device
+    shape, dim = case
+    weight = torch.randn(shape, dtype=dtype, device=device)
+    u, v = _vectors(shape, dim, dtype, device)
+    sigma, u, v = sn.spectral_norm_power_iteration(weight, u, v, dim, 2, 1e-12, True, backend="ref")
+    grad = torch.randn(shape, dtype=dtype, device=device)
+    w1 = weight.clone().requires_grad_()
+    out = sn.spectral_norm_normalize(w1, u, v, sigma, dim, 1e-12, backend=backend)
+    out.backward(grad)
+    w2 = weight.clone().requires_grad_()
+    out_ref = sn.spectral_norm_normalize_ref(w2, u, v, sigma, dim, 1e-12)
+    out_ref.backward(grad)
+    assert out.shape == weight.shape and out.dtype == dtype
+    _close(out, out_ref, dtype)
+    _close(w1.grad, w2.grad, dtype, scale=float(w2.grad.abs().max()) + 1)
+
+
+def _sn_of(weight, u, v, dim, backend):
+    """W -> W_sn with sigma recomputed from the (perturbed) weight, as gradcheck needs."""
+    sigma, _, _ = sn.spectral_norm_power_iteration(weight.detach(), u.clone(), v.clone(), dim, 0, 1e-12, True,
+                                                   backend=backend)
+    return sn.spectral_norm_normalize(weight, u, v, sigma, dim, 1e-12, backend=backend)
+
+
+@pytest.mark.parametrize("case", [((4, 3), 0), ((3, 4, 2, 2), 1)], ids=["4x3", "3x4x2x2-dim1"])
+def test_gradcheck_and_gradgradcheck_float64(backend_device, case):
+    backend, device = backend_device
+    shape, dim = case
+    weight = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    u, v = _vectors(shape, dim, torch.float64, device)
+    sn.spectral_norm_power_iteration(weight.detach(), u, v, dim, 5, 1e-12, True, backend="ref")
+    assert torch.autograd.gradcheck(lambda w: _sn_of(w, u, v, dim, backend), (weight,))
+    assert torch.autograd.gradgradcheck(lambda w: _sn_of(w, u, v, dim, backend), (weight,))
+
+
+def test_all_zero_weight_gives_zeros_not_nan(backend_device, dtype):
+    backend, device = backend_device
+    weight = torch.zeros(6, 4, dtype=dtype, device=device, requires_grad=True)
+    u, v = _vectors((6, 4), 0, dtype, device)
+    sigma, u_copy, v_copy = sn.spectral_norm_power_iteration(weight, u, v, 0, 1, 1e-12, True, backend=backend)
+    assert float(sigma) == 0.0 and not u.isnan().any() and not v.isnan().any()
+    out = sn.spectral_norm_normalize(weight, u_copy, v_copy, sigma, 0, 1e-12, backend=backend)
+    out.backward(torch.ones_like(out))
+    assert torch.equal(out, torch.zeros_like(out))
+    assert not weight.grad.isnan().any()  # G / eps: 1e12, beyond float16's range, but never NaN
+
+
+def test_nan_weight_propagates(backend_device):
+    backend, device = backend_device
+    weight = torch.randn(5, 4, device=device)
+    weight[2, 1] = float("nan")
+    u, v = _vectors((5, 4), 0, torch.float32, device)
+    sigma, u_copy, v_copy = sn.spectral_norm_power_iteration(weight, u, v, 0, 1, 1e-12, True, backend=backend)
+    assert sigma.isnan()
+    assert sn.spectral_norm_normalize(weight, u_copy, v_copy, sigma, 0, 1e-12, backend=backend).isnan().all()
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 3, 2)], ids=str)
+def test_zero_size_weight(backend_device, shape):
+    backend, device = backend_device
+    weight = torch.randn(shape, device=device)
+    u, v = _vectors(shape, 0, torch.float32, device) if 0 not in shape[:1] else (
+        torch.empty(0, device=device), torch.randn(math.prod(shape[1:]), device=device))
+    sigma, u_copy, v_copy = sn.spectral_norm_power_iteration(weight, u, v, 0, 1, 1e-12, True, backend=backend)
+    assert float(sigma) == 0.0
+    assert sn.spectral_norm_normalize(weight, u_copy, v_copy, sigma, 0, 1e-12, backend=backend).shape == shape
+
+
+def test_non_contiguous_weight_and_buffers(backend_device):
+    backend, device = backend_device
+    base = torch.randn(9, 12, device=device)
+    weight = base.t()  # (12, 9), not contiguous
+    u_store, v_store = torch.zeros(24, device=device), torch.zeros(18, device=device)
+    u, v = u_store[::2], v_store[::2]  # strided buffers, updated in place
+    u.copy_(F.normalize(torch.randn(12, device=device), dim=0))
+    v.copy_(F.normalize(torch.randn(9, device=device), dim=0))
+    u_ref, v_ref = u.clone(), v.clone()
+    sigma, _, _ = sn.spectral_norm_power_iteration(weight, u, v, 0, 2, 1e-12, True, backend=backend)
+    sigma_ref, _, _ = sn.spectral_norm_power_iteration_ref(weight.contiguous(), u_ref, v_ref, 0, 2, 1e-12, True)
+    _close(sigma, sigma_ref, torch.float32, scale=10)
+    _close(u_store[::2], u_ref, torch.float32)
+    assert torch.equal(u_store[1::2], torch.zeros(12, device=device))
+
+
+BAD_ARGS = [
+    (lambda d: dict(weight=torch.ones(3, 4, dtype=torch.int64, device=d)), "argument 'weight' must be float16"),
+    (lambda d: dict(weight=torch.ones(4, device=d)), "argument 'weight' must have at least 2 dimensions"),
+    (lambda d: dict(dim=2), "argument 'dim' must be in"),
+    (lambda d: dict(u=torch.ones(4, device=d)), "argument 'u' must have shape"),
+    (lambda d: dict(v=torch.ones(3, device=d)), "argument 'v' must have shape"),
+    (lambda d: dict(u=torch.ones(3, dtype=torch.float64, device=d)), "must have the dtype of 'weight'"),
+    (lambda d: dict(n_power_iterations=-1), "argument 'n_power_iterations' must be >= 0"),
+    (lambda d: dict(eps=0.0), "argument 'eps' must be positive"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_ARGS, ids=[m.split("'")[1] + str(i) for i, (_, m) in enumerate(BAD_ARGS)])
+def test_bad_input_names_the_argument(backend_device, bad, message):
+    backend, device = backend_device
+    args = dict(weight=torch.randn(3, 4, device=device), u=torch.ones(3, device=device), v=torch.ones(4, device=device),
+                dim=0, n_power_iterations=1, eps=1e-12)
+    args.update(bad(device))
+    with pytest.raises(RuntimeError, match=message):
+        sn.spectral_norm_power_iteration(args["weight"], args["u"], args["v"], args["dim"], args["n_power_iterations"],
+                                         args["eps"], True, backend=backend)
+
+
+def _kernel_pairs() -> list[tuple[str, str]]:
+    return [(b, d) for b, d in backend_device_pairs(OP) if b != "ref"]
+
+
+@pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
+def test_opcheck(backend, device):
+    """Schema (the in-place u, v), fake kernels, autograd registration and AOT dispatch agree."""
+    suffix = "_triton" if backend == "triton" else ""
+    _backend.resolve(OP, device, backend)  # imports the Triton kernels when needed
+    weight = torch.randn(6, 2, 2, device=device, requires_grad=True)
+    u, v = _vectors((6, 2, 2), 1, torch.float32, device)
+    ops = torch.ops.fastsn
+    torch.library.opcheck(getattr(ops, "spectral_norm_power_iteration" + suffix).default,
+                          (weight.detach(), u, v, 1, 2, 1e-12, True))
+    sigma, u, v = getattr(ops, "spectral_norm_power_iteration" + suffix)(weight.detach(), u, v, 1, 1, 1e-12, True)
+    torch.library.opcheck(getattr(ops, "spectral_norm_normalize" + suffix).default, (weight, u, v, sigma, 1, 1e-12))
+    torch.library.opcheck(getattr(ops, "spectral_norm_normalize_backward" + suffix).default,
+                          (torch.randn(6, 2, 2, device=device), weight.detach(), u, v, sigma, 1, 1e-12))

@@ -182,3 +182,78 @@ def test_opcheck(backend, device):
     torch.library.opcheck(getattr(ops, "spectral_norm_normalize" + suffix).default, (weight, u, v, sigma, 1, 1e-12))
     torch.library.opcheck(getattr(ops, "spectral_norm_normalize_backward" + suffix).default,
                           (torch.randn(6, 2, 2, device=device), weight.detach(), u, v, sigma, 1, 1e-12))
+
+
+GROUP = [((5, 3), 0), ((3, 16, 2, 2), 1), ((7, 1), 0), ((40, 30), 0)]
+
+
+def _group(dtype, device):
+    weights = [torch.randn(shape, dtype=dtype, device=device) for shape, _ in GROUP]
+    vectors = [_vectors(shape, dim, dtype, device) for shape, dim in GROUP]
+    return weights, [u for u, _ in vectors], [v for _, v in vectors], [dim for _, dim in GROUP]
+
+
+def test_grouped_ops_match_one_by_one(backend_device, dtype):
+    backend, device = backend_device
+    weights, us, vs, dims = _group(dtype, device)
+    us_ref, vs_ref = [u.clone() for u in us], [v.clone() for v in vs]
+    iterations, eps, u_first = [1, 0, 3, 2], [1e-12] * 4, [True, False, True, False]
+    sigmas, u_copies, v_copies = sn.spectral_norm_grouped_power_iteration(weights, us, vs, dims, iterations, eps,
+                                                                          u_first, backend=backend)
+    grads = [torch.randn_like(w) for w in weights]
+    leaves = [w.clone().requires_grad_() for w in weights]
+    outs = sn.spectral_norm_grouped_normalize(leaves, u_copies, v_copies, sigmas, dims, eps, backend=backend)
+    torch.autograd.backward(outs, grads)
+    for k, (weight, dim) in enumerate(zip(weights, dims)):
+        sigma_ref, u_c, v_c = sn.spectral_norm_power_iteration_ref(weight, us_ref[k], vs_ref[k], dim, iterations[k],
+                                                                   1e-12, u_first[k])
+        _close(sigmas[k], sigma_ref, dtype, scale=float(sigma_ref.abs()) + 1)
+        _close(us[k], us_ref[k], dtype)
+        _close(vs[k], vs_ref[k], dtype)
+        leaf = weight.clone().requires_grad_()
+        out_ref = sn.spectral_norm_normalize_ref(leaf, u_c, v_c, sigma_ref, dim)
+        out_ref.backward(grads[k])
+        _close(outs[k], out_ref, dtype)
+        _close(leaves[k].grad, leaf.grad, dtype, scale=float(leaf.grad.abs().max()) + 1)
+
+
+def test_grouped_gradgradcheck_float64(backend_device):
+    backend, device = backend_device
+    weights, us, vs, dims = _group(torch.float64, device)
+    weights = [w[:4].clone().requires_grad_() if w.shape[0] > 4 else w.clone().requires_grad_() for w in weights[:2]]
+    us, vs, dims = [us[0][:4], us[1]], vs[:2], dims[:2]
+
+    def normalized(*ws):
+        sigmas, _, _ = sn.spectral_norm_grouped_power_iteration([w.detach() for w in ws], [u.clone() for u in us],
+                                                                [v.clone() for v in vs], dims, [0, 0], [1e-12] * 2,
+                                                                [True, True], backend=backend)
+        return tuple(sn.spectral_norm_grouped_normalize(list(ws), us, vs, sigmas, dims, [1e-12] * 2, backend=backend))
+
+    assert torch.autograd.gradcheck(normalized, tuple(weights))
+    assert torch.autograd.gradgradcheck(normalized, tuple(weights))
+
+
+def test_grouped_list_lengths_are_checked(backend_device):
+    backend, device = backend_device
+    weights, us, vs, dims = _group(torch.float32, device)
+    with pytest.raises(RuntimeError, match="argument 'dims' must hold one entry per weight"):
+        sn.spectral_norm_grouped_power_iteration(weights, us, vs, dims[:2], [1] * 4, [1e-12] * 4, [True] * 4,
+                                                 backend=backend)
+
+
+@pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
+def test_grouped_opcheck(backend, device):
+    suffix = "_triton" if backend == "triton" else ""
+    _backend.resolve(OP, device, backend)
+    weights, us, vs, dims = _group(torch.float32, device)
+    ops = torch.ops.fastsn
+    args = (weights, us, vs, dims, [1, 0, 2, 1], [1e-12] * 4, [True, False, True, True])
+    torch.library.opcheck(getattr(ops, "spectral_norm_grouped_power_iteration" + suffix).default, args)
+    sigmas, u_flat, v_flat = getattr(ops, "spectral_norm_grouped_power_iteration" + suffix)(*args)
+    assert sigmas.shape == (4,) and u_flat.numel() == sum(u.numel() for u in us)
+    sigmas, us, vs = list(sigmas.unbind(0)), u_flat.split([u.numel() for u in us]), v_flat.split([v.numel() for v in vs])
+    leaves = [w.clone().requires_grad_() for w in weights]
+    torch.library.opcheck(getattr(ops, "spectral_norm_grouped_normalize" + suffix).default,
+                          (leaves, us, vs, sigmas, dims, [1e-12] * 4))
+    torch.library.opcheck(getattr(ops, "spectral_norm_grouped_normalize_backward" + suffix).default,
+                          ([torch.randn_like(w) for w in weights], weights, us, vs, sigmas, dims, [1e-12] * 4))

@@ -4,6 +4,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <initializer_list>
+#include <utility>
+
 #include "common/checks.h"
 
 namespace fastsn {
@@ -62,6 +65,13 @@ inline void check_normalize_args(const at::Tensor& weight, const at::Tensor& u, 
   TORCH_CHECK(sigma.device() == weight.device(), op, "(): argument 'sigma' must be on the device of 'weight' (",
               weight.device(), ")");
   check_floating(sigma, op, "sigma");
+}
+
+// The lists of a grouped op must be as long as its weights.
+inline void check_group_sizes(size_t n, std::initializer_list<std::pair<const char*, size_t>> lists, const char* op) {
+  for (const auto& [arg, size] : lists) {
+    TORCH_CHECK(size == n, op, "(): argument '", arg, "' must hold one entry per weight (", n, "), got ", size);
+  }
 }
 
 }  // namespace fastsn

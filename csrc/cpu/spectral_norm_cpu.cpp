@@ -10,6 +10,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
@@ -237,12 +238,63 @@ at::Tensor normalize_backward_cpu(const at::Tensor& grad, const at::Tensor& weig
   return out;
 }
 
+// Grouped ops: one C++ call for every spectral norm of a model; each weight is parallelized as above.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_power_iteration_cpu(
+    at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
+    at::IntArrayRef n_power_iterations, at::ArrayRef<double> eps, const c10::List<bool>& u_first) {
+  const char* op = "fastsn::spectral_norm_grouped_power_iteration";
+  check_group_sizes(weights.size(), {{"us", us.size()}, {"vs", vs.size()}, {"dims", dims.size()},
+                                     {"n_power_iterations", n_power_iterations.size()}, {"eps", eps.size()},
+                                     {"u_first", u_first.size()}},
+                    op);
+  TORCH_CHECK(!weights.empty(), op, "(): argument 'weights' must not be empty");
+  std::vector<at::Tensor> sigmas, u_copies, v_copies;
+  for (size_t k = 0; k < weights.size(); ++k) {
+    TORCH_CHECK(weights[k].scalar_type() == weights[0].scalar_type(), op,
+                "(): argument 'weights' must share one dtype, got ", weights[0].scalar_type(), " and ",
+                weights[k].scalar_type());
+    at::Tensor u = us[k], v = vs[k];  // handles sharing the caller's storage: updated in place
+    auto [sigma, u_copy, v_copy] =
+        power_iteration_cpu(weights[k], u, v, dims[k], n_power_iterations[k], eps[k], u_first.get(k));
+    sigmas.push_back(sigma.reshape({1}));
+    u_copies.push_back(u_copy);
+    v_copies.push_back(v_copy);
+  }
+  return {at::cat(sigmas), at::cat(u_copies), at::cat(v_copies)};
+}
+
+std::vector<at::Tensor> grouped_normalize_cpu(at::TensorList weights, at::TensorList us, at::TensorList vs,
+                                              at::TensorList sigmas, at::IntArrayRef dims, at::ArrayRef<double> eps) {
+  check_group_sizes(weights.size(), {{"us", us.size()}, {"vs", vs.size()}, {"sigmas", sigmas.size()},
+                                     {"dims", dims.size()}, {"eps", eps.size()}},
+                    "fastsn::spectral_norm_grouped_normalize");
+  std::vector<at::Tensor> out;
+  for (size_t k = 0; k < weights.size(); ++k) out.push_back(normalize_cpu(weights[k], us[k], vs[k], sigmas[k], dims[k], eps[k]));
+  return out;
+}
+
+std::vector<at::Tensor> grouped_normalize_backward_cpu(at::TensorList grads, at::TensorList weights, at::TensorList us,
+                                                       at::TensorList vs, at::TensorList sigmas, at::IntArrayRef dims,
+                                                       at::ArrayRef<double> eps) {
+  check_group_sizes(weights.size(), {{"grads", grads.size()}, {"us", us.size()}, {"vs", vs.size()},
+                                     {"sigmas", sigmas.size()}, {"dims", dims.size()}, {"eps", eps.size()}},
+                    "fastsn::spectral_norm_grouped_normalize_backward");
+  std::vector<at::Tensor> out;
+  for (size_t k = 0; k < weights.size(); ++k) {
+    out.push_back(normalize_backward_cpu(grads[k], weights[k], us[k], vs[k], sigmas[k], dims[k], eps[k]));
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastsn, CPU, m) {
   m.impl("spectral_norm_power_iteration", &power_iteration_cpu);
   m.impl("spectral_norm_normalize", &normalize_cpu);
   m.impl("spectral_norm_normalize_backward", &normalize_backward_cpu);
+  m.impl("spectral_norm_grouped_power_iteration", &grouped_power_iteration_cpu);
+  m.impl("spectral_norm_grouped_normalize", &grouped_normalize_cpu);
+  m.impl("spectral_norm_grouped_normalize_backward", &grouped_normalize_backward_cpu);
 }
 
 }  // namespace fastsn

@@ -129,47 +129,76 @@ __device__ void block_store(const acc_t* x, int64_t n, scalar_t* a, scalar_t* b)
 }
 
 // ----------------------------------------------------------------------------------------------------------
-// small weights: everything in one CTA, u (h) and v (w) in shared memory
+// small weights: everything in one CTA, u (h) and v (w) in shared memory; the grouped kernel runs one task
+// per CTA, so every small spectral norm of a model is refreshed by one launch
 // ----------------------------------------------------------------------------------------------------------
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kSmallThreads)
-power_iteration_small_kernel(const scalar_t* __restrict__ weight, Geometry g, const scalar_t* u_in,
-                             const scalar_t* v_in, scalar_t* u_inplace, scalar_t* v_inplace, scalar_t* u_copy,
-                             scalar_t* v_copy, acc_t* sigma, int64_t iterations, acc_t eps, bool u_first) {
+struct PowerIterationTask {
+  const scalar_t* weight;
+  Geometry g;
+  const scalar_t* u_in;  // contiguous current u (h) and v (w)
+  const scalar_t* v_in;
+  scalar_t* u_inplace;  // the buffers, written when iterations > 0 (null: updated from the copies afterwards)
+  scalar_t* v_inplace;
+  scalar_t* u_copy;
+  scalar_t* v_copy;
+  acc_t* sigma;
+  int64_t iterations;
+  acc_t eps;
+  bool u_first;
+};
+
+// Tasks travel in the kernel's parameter space (4 KB): 24 tasks of about 120 bytes per launch.
+constexpr int kMaxTasks = 24;
+
+template <typename scalar_t, typename acc_t>
+struct PowerIterationTasks {
+  PowerIterationTask<scalar_t, acc_t> task[kMaxTasks];
+};
+
+template <typename scalar_t, typename acc_t>
+__device__ void power_iteration_block(const PowerIterationTask<scalar_t, acc_t>& t) {
   extern __shared__ unsigned char shared_bytes[];
   acc_t* u = reinterpret_cast<acc_t*>(shared_bytes);  // (h)
-  acc_t* v = u + g.h;                                  // (w)
+  acc_t* v = u + t.g.h;                                // (w)
   __shared__ acc_t scratch[32];
-  for (int64_t k = threadIdx.x; k < g.h; k += blockDim.x) u[k] = static_cast<acc_t>(u_in[k]);
-  for (int64_t k = threadIdx.x; k < g.w(); k += blockDim.x) v[k] = static_cast<acc_t>(v_in[k]);
+  const Geometry g = t.g;
+  for (int64_t k = threadIdx.x; k < g.h; k += blockDim.x) u[k] = static_cast<acc_t>(t.u_in[k]);
+  for (int64_t k = threadIdx.x; k < g.w(); k += blockDim.x) v[k] = static_cast<acc_t>(t.v_in[k]);
   __syncthreads();
   acc_t sigma_value = 0;
-  if (iterations == 0) {
-    sigma_value = block_rows(weight, g, v, static_cast<acc_t*>(nullptr), u, scratch);  // u . (M v)
+  if (t.iterations == 0) {
+    sigma_value = block_rows(t.weight, g, v, static_cast<acc_t*>(nullptr), u, scratch);  // u . (M v)
   }
-  for (int64_t it = 0; it < iterations; ++it) {
-    if (u_first) {
-      block_rows(weight, g, v, u, static_cast<const acc_t*>(nullptr), scratch);  // u = M v
+  for (int64_t it = 0; it < t.iterations; ++it) {
+    if (t.u_first) {
+      block_rows(t.weight, g, v, u, static_cast<const acc_t*>(nullptr), scratch);  // u = M v
       __syncthreads();
-      block_normalize(u, g.h, eps, scratch);
-      block_columns(weight, g, u, v);  // v = M^T u
+      block_normalize(u, g.h, t.eps, scratch);
+      block_columns(t.weight, g, u, v);  // v = M^T u
       __syncthreads();
-      const acc_t t = block_normalize(v, g.w(), eps, scratch);
-      sigma_value = t * t / max(t, eps);
+      const acc_t norm = block_normalize(v, g.w(), t.eps, scratch);
+      sigma_value = norm * norm / max(norm, t.eps);
     } else {
-      block_columns(weight, g, u, v);  // v = M^T u
+      block_columns(t.weight, g, u, v);  // v = M^T u
       __syncthreads();
-      block_normalize(v, g.w(), eps, scratch);
-      block_rows(weight, g, v, u, static_cast<const acc_t*>(nullptr), scratch);  // u = M v
+      block_normalize(v, g.w(), t.eps, scratch);
+      block_rows(t.weight, g, v, u, static_cast<const acc_t*>(nullptr), scratch);  // u = M v
       __syncthreads();
-      const acc_t s = block_normalize(u, g.h, eps, scratch);
-      sigma_value = s * s / max(s, eps);
+      const acc_t norm = block_normalize(u, g.h, t.eps, scratch);
+      sigma_value = norm * norm / max(norm, t.eps);
     }
   }
-  block_store(u, g.h, iterations > 0 ? u_inplace : static_cast<scalar_t*>(nullptr), u_copy);
-  block_store(v, g.w(), iterations > 0 ? v_inplace : static_cast<scalar_t*>(nullptr), v_copy);
-  if (threadIdx.x == 0) *sigma = sigma_value;
+  const bool update = t.iterations > 0;
+  block_store(u, g.h, update ? t.u_inplace : static_cast<scalar_t*>(nullptr), t.u_copy);
+  block_store(v, g.w(), update ? t.v_inplace : static_cast<scalar_t*>(nullptr), t.v_copy);
+  if (threadIdx.x == 0) *t.sigma = sigma_value;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kSmallThreads) power_iteration_small_kernel(PowerIterationTasks<scalar_t, acc_t> tasks) {
+  power_iteration_block(tasks.task[blockIdx.x]);
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -337,44 +366,157 @@ void power_iteration_large(const at::Tensor& w_c, Geometry g, const at::Tensor& 
   }
 }
 
+// Outputs of one weight's power iteration, and the contiguous inputs the kernels read.
+struct PowerIterationJob {
+  at::Tensor weight, u_in, v_in, u, v, sigma, u_copy, v_copy;
+  Geometry g;
+  int64_t iterations;
+  double eps;
+  bool u_first;
+  bool direct;  // u and v are contiguous: the kernels write them in place
+};
+
+// The outputs are given (views into the flat outputs of the grouped op) or, if undefined, allocated.
+PowerIterationJob make_job(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim,
+                           int64_t n_power_iterations, double eps, bool u_first, at::Tensor sigma = {},
+                           at::Tensor u_copy = {}, at::Tensor v_copy = {}) {
+  check_power_iteration_args(weight, u, v, dim, n_power_iterations, eps);
+  check_device(weight, c10::DeviceType::CUDA, "fastsn::spectral_norm_power_iteration", "weight");
+  const SpectralNormShape shape = spectral_norm_shape(weight, dim);
+  PowerIterationJob job;
+  job.weight = weight.contiguous();
+  job.u_in = u.contiguous();
+  job.v_in = v.contiguous();
+  job.u = u;
+  job.v = v;
+  job.sigma = sigma.defined() ? sigma : at::empty({}, weight.options().dtype(at::toOpMathType(weight.scalar_type())));
+  job.u_copy = u_copy.defined() ? u_copy : at::empty({shape.h}, u.options());
+  job.v_copy = v_copy.defined() ? v_copy : at::empty({shape.w()}, v.options());
+  job.g = Geometry{shape.outer, shape.h, shape.inner};
+  job.iterations = n_power_iterations;
+  job.eps = eps;
+  job.u_first = u_first;
+  job.direct = u.is_contiguous() && v.is_contiguous() && n_power_iterations > 0;
+  return job;
+}
+
+template <typename acc_t>
+int64_t small_shared_bytes(const Geometry& g) {
+  return (g.h + g.w()) * static_cast<int64_t>(sizeof(acc_t));
+}
+
+template <typename acc_t>
+bool is_small(const PowerIterationJob& job) {
+  return job.weight.numel() <= kSmallMaxNumel && small_shared_bytes<acc_t>(job.g) <= kSmallMaxSharedBytes;
+}
+
+// Runs jobs of one dtype on one device: the small ones kMaxTasks to a launch (a CTA each), the large ones
+// on the multi-kernel path.
+template <typename scalar_t>
+void run_power_iterations(std::vector<PowerIterationJob>& jobs, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  auto task_of = [](PowerIterationJob& job) {
+    PowerIterationTask<scalar_t, acc_t> t;
+    t.weight = job.weight.const_data_ptr<scalar_t>();
+    t.g = job.g;
+    t.u_in = job.u_in.const_data_ptr<scalar_t>();
+    t.v_in = job.v_in.const_data_ptr<scalar_t>();
+    t.u_inplace = job.direct ? job.u.mutable_data_ptr<scalar_t>() : nullptr;
+    t.v_inplace = job.direct ? job.v.mutable_data_ptr<scalar_t>() : nullptr;
+    t.u_copy = job.u_copy.mutable_data_ptr<scalar_t>();
+    t.v_copy = job.v_copy.mutable_data_ptr<scalar_t>();
+    t.sigma = job.sigma.mutable_data_ptr<acc_t>();
+    t.iterations = job.iterations;
+    t.eps = static_cast<acc_t>(job.eps);
+    t.u_first = job.u_first;
+    return t;
+  };
+  PowerIterationTasks<scalar_t, acc_t> batch;
+  int count = 0;
+  int64_t shared = 0;
+  auto flush = [&] {
+    if (count == 0) return;
+    power_iteration_small_kernel<scalar_t, acc_t><<<count, kSmallThreads, shared, stream>>>(batch);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    count = 0;
+    shared = 0;
+  };
+  for (PowerIterationJob& job : jobs) {
+    if (is_small<acc_t>(job)) {
+      batch.task[count++] = task_of(job);
+      shared = std::max(shared, small_shared_bytes<acc_t>(job.g));
+      if (count == kMaxTasks) flush();
+    } else {
+      power_iteration_large<scalar_t>(job.weight, job.g, job.u_in, job.v_in,
+                                      job.direct ? job.u.mutable_data_ptr<scalar_t>() : nullptr,
+                                      job.direct ? job.v.mutable_data_ptr<scalar_t>() : nullptr, job.u_copy,
+                                      job.v_copy, job.sigma, job.iterations, job.eps, job.u_first, stream);
+    }
+  }
+  flush();
+  for (PowerIterationJob& job : jobs) {
+    if (job.iterations > 0 && !job.direct) {
+      job.u.copy_(job.u_copy);
+      job.v.copy_(job.v_copy);
+    }
+  }
+}
+
+void run_jobs(std::vector<PowerIterationJob>& jobs) {
+  if (jobs.empty()) return;
+  const at::Tensor& first = jobs.front().weight;
+  for (const PowerIterationJob& job : jobs) {
+    TORCH_CHECK(job.weight.device() == first.device() && job.weight.scalar_type() == first.scalar_type(),
+                "fastsn::spectral_norm_grouped_power_iteration(): argument 'weights' must share one device and "
+                "dtype, got ", first.device(), "/", first.scalar_type(), " and ", job.weight.device(), "/",
+                job.weight.scalar_type());
+  }
+  const c10::cuda::CUDAGuard guard(first.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(first.get_device()).stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "spectral_norm_power_iteration",
+                                  [&] { run_power_iterations<scalar_t>(jobs, stream); });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> power_iteration_cuda(const at::Tensor& weight, at::Tensor& u,
                                                                     at::Tensor& v, int64_t dim,
                                                                     int64_t n_power_iterations, double eps,
                                                                     bool u_first) {
-  check_power_iteration_args(weight, u, v, dim, n_power_iterations, eps);
-  check_device(weight, c10::DeviceType::CUDA, "fastsn::spectral_norm_power_iteration", "weight");
-  const c10::cuda::CUDAGuard guard(weight.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(weight.get_device()).stream();
-  const SpectralNormShape shape = spectral_norm_shape(weight, dim);
-  const Geometry g{shape.outer, shape.h, shape.inner};
-  const at::Tensor w_c = weight.contiguous();
-  const at::Tensor u_c = u.contiguous(), v_c = v.contiguous();
-  at::Tensor sigma = at::empty({}, weight.options().dtype(at::toOpMathType(weight.scalar_type())));
-  at::Tensor u_copy = at::empty({shape.h}, u.options());
-  at::Tensor v_copy = at::empty({shape.w()}, v.options());
-  // Buffers that are not contiguous are updated from the copies afterwards.
-  const bool direct = u.is_contiguous() && v.is_contiguous() && n_power_iterations > 0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "spectral_norm_power_iteration", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    scalar_t* u_inplace = direct ? u.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* v_inplace = direct ? v.mutable_data_ptr<scalar_t>() : nullptr;
-    const int64_t shared_bytes = (shape.h + shape.w()) * static_cast<int64_t>(sizeof(acc_t));
-    if (weight.numel() <= kSmallMaxNumel && shared_bytes <= kSmallMaxSharedBytes) {
-      power_iteration_small_kernel<scalar_t, acc_t><<<1, kSmallThreads, shared_bytes, stream>>>(
-          w_c.const_data_ptr<scalar_t>(), g, u_c.const_data_ptr<scalar_t>(), v_c.const_data_ptr<scalar_t>(),
-          u_inplace, v_inplace, u_copy.mutable_data_ptr<scalar_t>(), v_copy.mutable_data_ptr<scalar_t>(),
-          sigma.mutable_data_ptr<acc_t>(), n_power_iterations, static_cast<acc_t>(eps), u_first);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else {
-      power_iteration_large<scalar_t>(w_c, g, u_c, v_c, u_inplace, v_inplace, u_copy, v_copy, sigma,
-                                      n_power_iterations, eps, u_first, stream);
-    }
-  });
-  if (n_power_iterations > 0 && !direct) {
-    u.copy_(u_copy);
-    v.copy_(v_copy);
+  std::vector<PowerIterationJob> jobs{make_job(weight, u, v, dim, n_power_iterations, eps, u_first)};
+  run_jobs(jobs);
+  return {jobs[0].sigma, jobs[0].u_copy, jobs[0].v_copy};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_power_iteration_cuda(
+    at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
+    at::IntArrayRef n_power_iterations, at::ArrayRef<double> eps, const c10::List<bool>& u_first) {
+  const char* op = "fastsn::spectral_norm_grouped_power_iteration";
+  check_group_sizes(weights.size(), {{"us", us.size()}, {"vs", vs.size()}, {"dims", dims.size()},
+                                     {"n_power_iterations", n_power_iterations.size()}, {"eps", eps.size()},
+                                     {"u_first", u_first.size()}},
+                    op);
+  TORCH_CHECK(!weights.empty(), op, "(): argument 'weights' must not be empty");
+  int64_t total_h = 0, total_w = 0;
+  for (size_t k = 0; k < weights.size(); ++k) {
+    total_h += us[k].numel();
+    total_w += vs[k].numel();
   }
-  return {sigma, u_copy, v_copy};
+  const at::Tensor& first = weights[0];
+  at::Tensor sigmas = at::empty({static_cast<int64_t>(weights.size())},
+                                first.options().dtype(at::toOpMathType(first.scalar_type())));
+  at::Tensor u_copies = at::empty({total_h}, first.options());
+  at::Tensor v_copies = at::empty({total_w}, first.options());
+  std::vector<PowerIterationJob> jobs;
+  int64_t h_offset = 0, w_offset = 0;
+  for (size_t k = 0; k < weights.size(); ++k) {
+    const int64_t h = us[k].numel(), w = vs[k].numel();
+    jobs.push_back(make_job(weights[k], us[k], vs[k], dims[k], n_power_iterations[k], eps[k], u_first.get(k),
+                            sigmas.select(0, static_cast<int64_t>(k)), u_copies.narrow(0, h_offset, h),
+                            v_copies.narrow(0, w_offset, w)));
+    h_offset += h;
+    w_offset += w;
+  }
+  run_jobs(jobs);
+  return {sigmas, u_copies, v_copies};
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -387,105 +529,174 @@ __device__ __forceinline__ bool too_small(acc_t sigma, acc_t eps) {
   return (sigma < 0 ? -sigma : sigma) < eps;
 }
 
+// One weight of a grouped normalize or backward; blockIdx.y picks the task.
 template <typename scalar_t, typename acc_t>
-__global__ void normalize_kernel(const scalar_t* __restrict__ weight, int64_t n, const acc_t* __restrict__ sigma,
-                                 acc_t eps, scalar_t* __restrict__ out) {
-  const acc_t s = too_small(*sigma, eps) ? eps : *sigma;
+struct NormalizeTask {
+  const scalar_t* weight;
+  const scalar_t* grad;  // backward only
+  const scalar_t* u;
+  const scalar_t* v;
+  const acc_t* sigma;
+  scalar_t* out;
+  Geometry g;
+  acc_t eps;
+};
+
+template <typename scalar_t, typename acc_t>
+struct NormalizeTasks {
+  NormalizeTask<scalar_t, acc_t> task[kMaxTasks];
+};
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) normalize_kernel(NormalizeTasks<scalar_t, acc_t> tasks) {
+  const NormalizeTask<scalar_t, acc_t>& t = tasks.task[blockIdx.y];
+  const acc_t s = too_small(*t.sigma, t.eps) ? t.eps : *t.sigma;
+  const int64_t n = t.g.h * t.g.w();
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[k] = static_cast<scalar_t>(static_cast<acc_t>(weight[k]) / s);
+    t.out[k] = static_cast<scalar_t>(static_cast<acc_t>(t.weight[k]) / s);
   }
 }
 
-// partial[block] = sum over this block's elements of G * W
+// partial[task, block] = sum over this block's elements of G * W
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-grad_dot_weight_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ weight, int64_t n,
-                       acc_t* __restrict__ partial) {
+grad_dot_weight_kernel(NormalizeTasks<scalar_t, acc_t> tasks, acc_t* __restrict__ partial) {
+  const NormalizeTask<scalar_t, acc_t>& t = tasks.task[blockIdx.y];
   __shared__ acc_t scratch[32];
+  const int64_t n = t.g.h * t.g.w();
   acc_t sum = 0;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    sum += static_cast<acc_t>(grad[k]) * static_cast<acc_t>(weight[k]);
+    sum += static_cast<acc_t>(t.grad[k]) * static_cast<acc_t>(t.weight[k]);
   }
   sum = block_sum(sum, scratch);
-  if (threadIdx.x == 0) partial[blockIdx.x] = sum;
+  if (threadIdx.x == 0) partial[blockIdx.y * gridDim.x + blockIdx.x] = sum;
 }
 
-// dW = (G - <G, W_sn> u_i v_j) / sigma; every block first adds the <G, W> partials in the same order.
+// dW = (G - <G, W_sn> u_i v_j) / sigma; every block first adds its task's <G, W> partials in the same order.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-normalize_backward_kernel(const scalar_t* __restrict__ grad, Geometry g, const scalar_t* __restrict__ u,
-                          const scalar_t* __restrict__ v, const acc_t* __restrict__ sigma, acc_t eps,
-                          const acc_t* __restrict__ partial, int partials, scalar_t* __restrict__ out) {
+normalize_backward_kernel(NormalizeTasks<scalar_t, acc_t> tasks, const acc_t* __restrict__ partial, int partials) {
+  const NormalizeTask<scalar_t, acc_t>& t = tasks.task[blockIdx.y];
   __shared__ acc_t scratch[32];
   acc_t dot = 0;
-  for (int k = threadIdx.x; k < partials; k += blockDim.x) dot += partial[k];
+  for (int k = threadIdx.x; k < partials; k += blockDim.x) dot += partial[blockIdx.y * partials + k];
   dot = block_sum(dot, scratch);
-  const bool clamped = too_small(*sigma, eps);
-  const acc_t s = clamped ? eps : *sigma;
+  const bool clamped = too_small(*t.sigma, t.eps);
+  const acc_t s = clamped ? t.eps : *t.sigma;
   const acc_t coef = clamped ? acc_t(0) : dot / s;  // <G, W_sn>
+  const Geometry g = t.g;
   const int64_t n = g.h * g.w();
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = k / g.inner, inner_index = k - row * g.inner;  // row = o*H + i
     const int64_t o = row / g.h, i = row - o * g.h;
-    const acc_t uv = static_cast<acc_t>(u[i]) * static_cast<acc_t>(v[o * g.inner + inner_index]);
-    out[k] = static_cast<scalar_t>((static_cast<acc_t>(grad[k]) - coef * uv) / s);
+    const acc_t uv = static_cast<acc_t>(t.u[i]) * static_cast<acc_t>(t.v[o * g.inner + inner_index]);
+    t.out[k] = static_cast<scalar_t>((static_cast<acc_t>(t.grad[k]) - coef * uv) / s);
   }
+}
+
+// Normalize (grads empty) or its backward for a list of weights: one launch (two for the backward) per
+// kMaxTasks weights.
+std::vector<at::Tensor> run_normalize(at::TensorList grads, at::TensorList weights, at::TensorList us,
+                                      at::TensorList vs, at::TensorList sigmas, at::IntArrayRef dims,
+                                      at::ArrayRef<double> eps, const char* op) {
+  const bool backward = !grads.empty();
+  check_group_sizes(weights.size(), {{"us", us.size()}, {"vs", vs.size()}, {"sigmas", sigmas.size()},
+                                     {"dims", dims.size()}, {"eps", eps.size()}},
+                    op);
+  if (backward) check_group_sizes(weights.size(), {{"grads", grads.size()}}, op);
+  std::vector<at::Tensor> outputs;
+  if (weights.empty()) return outputs;
+  const at::Tensor& first = weights[0];
+  std::vector<at::Tensor> keep;  // contiguous inputs, alive until the launches are queued
+  for (size_t k = 0; k < weights.size(); ++k) {
+    check_normalize_args(weights[k], us[k], vs[k], sigmas[k], dims[k], op);
+    check_device(weights[k], c10::DeviceType::CUDA, op, "weight");
+    TORCH_CHECK(weights[k].device() == first.device() && weights[k].scalar_type() == first.scalar_type(), op,
+                "(): argument 'weights' must share one device and dtype, got ", first.device(), "/",
+                first.scalar_type(), " and ", weights[k].device(), "/", weights[k].scalar_type());
+    if (backward) {
+      check_floating(grads[k], op, "grad");
+      TORCH_CHECK(grads[k].sizes() == weights[k].sizes(), op, "(): argument 'grad' must have the shape of 'weight' (",
+                  weights[k].sizes(), "), got ", grads[k].sizes());
+    }
+  }
+  const c10::cuda::CUDAGuard guard(first.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(first.get_device()).stream();
+  const int device = first.get_device();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "spectral_norm_normalize", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_type = at::toOpMathType(first.scalar_type());
+    for (size_t begin = 0; begin < weights.size(); begin += kMaxTasks) {
+      const size_t end = std::min(weights.size(), begin + kMaxTasks);
+      NormalizeTasks<scalar_t, acc_t> tasks;
+      int64_t largest = 1;
+      for (size_t k = begin; k < end; ++k) {
+        const SpectralNormShape shape = spectral_norm_shape(weights[k], dims[k]);
+        const at::Tensor w_c = weights[k].contiguous();
+        const at::Tensor u_c = us[k].contiguous(), v_c = vs[k].contiguous();
+        const at::Tensor s_c = sigmas[k].to(acc_type).contiguous();
+        at::Tensor out = at::empty_like(w_c);
+        NormalizeTask<scalar_t, acc_t>& t = tasks.task[k - begin];
+        t.weight = w_c.const_data_ptr<scalar_t>();
+        t.grad = nullptr;
+        if (backward) {
+          const at::Tensor g_c = grads[k].to(first.scalar_type()).contiguous();
+          t.grad = g_c.const_data_ptr<scalar_t>();
+          keep.push_back(g_c);
+        }
+        t.u = u_c.const_data_ptr<scalar_t>();
+        t.v = v_c.const_data_ptr<scalar_t>();
+        t.sigma = s_c.const_data_ptr<acc_t>();
+        t.out = out.mutable_data_ptr<scalar_t>();
+        t.g = Geometry{shape.outer, shape.h, shape.inner};
+        t.eps = static_cast<acc_t>(eps[k]);
+        keep.insert(keep.end(), {w_c, u_c, v_c, s_c});
+        outputs.push_back(out);
+        largest = std::max<int64_t>(largest, w_c.numel());
+      }
+      const unsigned count = static_cast<unsigned>(end - begin);
+      // blocks per weight: enough for the largest to fill the GPU, at most 1024 (the backward's partials)
+      const int blocks = std::min(blocks_for(largest, kThreads, device), 1024);
+      const dim3 grid(static_cast<unsigned>(blocks), count);
+      if (!backward) {
+        normalize_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(tasks);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        continue;
+      }
+      at::Tensor partial = at::empty({static_cast<int64_t>(count) * blocks}, first.options().dtype(acc_type));
+      grad_dot_weight_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(tasks, partial.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      normalize_backward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(tasks, partial.const_data_ptr<acc_t>(),
+                                                                                blocks);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return outputs;
 }
 
 at::Tensor normalize_cuda(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, const at::Tensor& sigma,
                           int64_t dim, double eps) {
-  check_normalize_args(weight, u, v, sigma, dim, "fastsn::spectral_norm_normalize");
-  check_device(weight, c10::DeviceType::CUDA, "fastsn::spectral_norm_normalize", "weight");
-  const c10::cuda::CUDAGuard guard(weight.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(weight.get_device()).stream();
-  const at::Tensor w_c = weight.contiguous();
-  at::Tensor out = at::empty_like(w_c);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "spectral_norm_normalize", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor s = sigma.to(at::toOpMathType(weight.scalar_type())).contiguous();
-    normalize_kernel<scalar_t, acc_t><<<blocks_for(w_c.numel(), kThreads, weight.get_device()), kThreads, 0, stream>>>(
-        w_c.const_data_ptr<scalar_t>(), w_c.numel(), s.const_data_ptr<acc_t>(), static_cast<acc_t>(eps),
-        out.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
+  return run_normalize({}, {weight}, {u}, {v}, {sigma}, {dim}, {eps}, "fastsn::spectral_norm_normalize")[0];
 }
 
 at::Tensor normalize_backward_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
                                    const at::Tensor& v, const at::Tensor& sigma, int64_t dim, double eps) {
-  const char* op = "fastsn::spectral_norm_normalize_backward";
-  check_normalize_args(weight, u, v, sigma, dim, op);
-  check_device(weight, c10::DeviceType::CUDA, op, "weight");
-  check_floating(grad, op, "grad");
-  TORCH_CHECK(grad.sizes() == weight.sizes(), op, "(): argument 'grad' must have the shape of 'weight' (",
-              weight.sizes(), "), got ", grad.sizes());
-  const c10::cuda::CUDAGuard guard(weight.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(weight.get_device()).stream();
-  const SpectralNormShape shape = spectral_norm_shape(weight, dim);
-  const Geometry g{shape.outer, shape.h, shape.inner};
-  const at::Tensor w_c = weight.contiguous();
-  const at::Tensor g_c = grad.to(weight.scalar_type()).contiguous();
-  const at::Tensor u_c = u.contiguous(), v_c = v.contiguous();
-  at::Tensor out = at::empty_like(w_c);
-  const int64_t n = w_c.numel();
-  const int blocks = std::min(blocks_for(n, kThreads, weight.get_device()), 1024);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "spectral_norm_normalize_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor s = sigma.to(at::toOpMathType(weight.scalar_type())).contiguous();
-    at::Tensor partial = at::empty({blocks}, s.options());
-    grad_dot_weight_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
-        g_c.const_data_ptr<scalar_t>(), w_c.const_data_ptr<scalar_t>(), n, partial.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    normalize_backward_kernel<scalar_t, acc_t><<<blocks_for(n, kThreads, weight.get_device()), kThreads, 0, stream>>>(
-        g_c.const_data_ptr<scalar_t>(), g, u_c.const_data_ptr<scalar_t>(), v_c.const_data_ptr<scalar_t>(),
-        s.const_data_ptr<acc_t>(), static_cast<acc_t>(eps), partial.const_data_ptr<acc_t>(), blocks,
-        out.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
+  return run_normalize({grad}, {weight}, {u}, {v}, {sigma}, {dim}, {eps},
+                       "fastsn::spectral_norm_normalize_backward")[0];
+}
+
+std::vector<at::Tensor> grouped_normalize_cuda(at::TensorList weights, at::TensorList us, at::TensorList vs,
+                                               at::TensorList sigmas, at::IntArrayRef dims, at::ArrayRef<double> eps) {
+  return run_normalize({}, weights, us, vs, sigmas, dims, eps, "fastsn::spectral_norm_grouped_normalize");
+}
+
+std::vector<at::Tensor> grouped_normalize_backward_cuda(at::TensorList grads, at::TensorList weights,
+                                                        at::TensorList us, at::TensorList vs, at::TensorList sigmas,
+                                                        at::IntArrayRef dims, at::ArrayRef<double> eps) {
+  return run_normalize(grads, weights, us, vs, sigmas, dims, eps, "fastsn::spectral_norm_grouped_normalize_backward");
 }
 
 }  // namespace
@@ -494,6 +705,9 @@ TORCH_LIBRARY_IMPL(fastsn, CUDA, m) {
   m.impl("spectral_norm_power_iteration", &power_iteration_cuda);
   m.impl("spectral_norm_normalize", &normalize_cuda);
   m.impl("spectral_norm_normalize_backward", &normalize_backward_cuda);
+  m.impl("spectral_norm_grouped_power_iteration", &grouped_power_iteration_cuda);
+  m.impl("spectral_norm_grouped_normalize", &grouped_normalize_cuda);
+  m.impl("spectral_norm_grouped_normalize_backward", &grouped_normalize_backward_cuda);
 }
 
 }  // namespace fastsn

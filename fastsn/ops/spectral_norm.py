@@ -12,6 +12,9 @@ Ops (each on the cuda, triton, cpu and ref backends):
         its backward is fused: dW = (G - <G, W_sn> u v^T) / sigma, exactly torch's gradient. Where
         |sigma| < eps (an all-zero weight), eps replaces sigma (and takes no gradient): torch returns NaN there.
 
+    spectral_norm_grouped_power_iteration / spectral_norm_grouped_normalize: the same for a list of weights (every
+        spectral norm of a model): one launch for all small weights on CUDA, one C++ call on CPU.
+
 Half and bfloat16 accumulate in float32; sigma is returned in float32 for them (float64 for float64 weights),
 and eps is applied in that precision, so 1e-12 does not underflow.
 """
@@ -173,6 +176,40 @@ def spectral_norm_normalize_backward_ref(grad: torch.Tensor, weight: torch.Tenso
     return ((g - coef * uv) / s_hat).to(weight.dtype)
 
 
+def spectral_norm_grouped_power_iteration_ref(weights: list[torch.Tensor], us: list[torch.Tensor],
+                                              vs: list[torch.Tensor], dims: list[int], n_power_iterations: list[int],
+                                              eps: list[float], u_first: list[bool]
+                                              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Reference of :func:`spectral_norm_grouped_power_iteration`: the single-weight reference, weight by weight.
+
+    Args:
+        weights, us, vs: one weight and its u (updated in place), v (updated in place) per entry.
+        dims, n_power_iterations, eps, u_first: per weight, as :func:`spectral_norm_power_iteration_ref`.
+
+    Returns:
+        (sigmas, u_copies, v_copies), one per weight.
+    """
+    _check_group(weights, us=us, vs=vs, dims=dims, n_power_iterations=n_power_iterations, eps=eps, u_first=u_first)
+    results = [spectral_norm_power_iteration_ref(*args) for args in zip(weights, us, vs, dims, n_power_iterations,
+                                                                         eps, u_first)]
+    return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
+
+
+def spectral_norm_grouped_normalize_ref(weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor],
+                                        sigmas: list[torch.Tensor], dims: list[int],
+                                        eps: list[float]) -> list[torch.Tensor]:
+    """Reference of :func:`spectral_norm_grouped_normalize`: :func:`spectral_norm_normalize_ref` per weight."""
+    _check_group(weights, us=us, vs=vs, sigmas=sigmas, dims=dims, eps=eps)
+    return [spectral_norm_normalize_ref(*args) for args in zip(weights, us, vs, sigmas, dims, eps)]
+
+
+def _check_group(weights: list, op: str = OP + "_grouped", **lists: list) -> None:
+    for name, values in lists.items():
+        if len(values) != len(weights):
+            raise RuntimeError(f"{op}(): argument '{name}' must hold one entry per weight ({len(weights)}), "
+                               f"got {len(values)}")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # dispatch
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,6 +244,41 @@ def spectral_norm_normalize(weight: torch.Tensor, u: torch.Tensor, v: torch.Tens
     if name == "ref":
         return spectral_norm_normalize_ref(weight, u, v, sigma, dim, eps)
     return _kernel("spectral_norm_normalize", name)(weight, u, v, sigma, dim, eps)
+
+
+def spectral_norm_grouped_power_iteration(weights: list[torch.Tensor], us: list[torch.Tensor],
+                                          vs: list[torch.Tensor], dims: list[int], n_power_iterations: list[int],
+                                          eps: list[float], u_first: list[bool], *, backend: Optional[str] = None
+                                          ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Power iteration of many weights at once (one device and dtype): in place on every u and v.
+
+    Args and Returns: as :func:`spectral_norm_grouped_power_iteration_ref`; ``backend`` as :func:`fastsn.ops.build_info`.
+    """
+    if not weights:
+        return [], [], []
+    name = _backend.resolve("spectral_norm", weights[0].device, backend)
+    if name == "ref":
+        return spectral_norm_grouped_power_iteration_ref(weights, us, vs, dims, n_power_iterations, eps, u_first)
+    sigmas, u_copies, v_copies = _kernel("spectral_norm_grouped_power_iteration", name)(
+        [w.detach() for w in weights], us, vs, dims, n_power_iterations, eps, u_first)
+    # the op returns flat tensors (a mutating op cannot return lists): split them back per weight
+    return (list(sigmas.unbind(0)), list(u_copies.split([u.numel() for u in us])),
+            list(v_copies.split([v.numel() for v in vs])))
+
+
+def spectral_norm_grouped_normalize(weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor],
+                                    sigmas: list[torch.Tensor], dims: list[int], eps: list[float], *,
+                                    backend: Optional[str] = None) -> list[torch.Tensor]:
+    """W / sigma for many weights at once, each differentiable in its weight (one fused backward for all).
+
+    Args and Returns: as :func:`spectral_norm_grouped_normalize_ref`; ``backend`` as :func:`fastsn.ops.build_info`.
+    """
+    if not weights:
+        return []
+    name = _backend.resolve("spectral_norm", weights[0].device, backend)
+    if name == "ref":
+        return spectral_norm_grouped_normalize_ref(weights, us, vs, sigmas, dims, eps)
+    return _kernel("spectral_norm_grouped_normalize", name)(weights, us, vs, sigmas, dims, eps)
 
 
 def spectral_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int = 0,
@@ -262,6 +334,44 @@ def _make_normalize_backward(backward_op: str):
     return backward
 
 
+def _grouped_power_iteration_fake(weights, us, vs, dims, n_power_iterations, eps, u_first):
+    _check_group(weights, us=us, vs=vs, dims=dims, n_power_iterations=n_power_iterations, eps=eps, u_first=u_first)
+    for args in zip(weights, us, vs, dims, n_power_iterations, eps):
+        check_power_iteration_args(*args)
+    first = weights[0]
+    return (first.new_empty((len(weights),), dtype=opmath_dtype(first.dtype)),
+            first.new_empty((sum(u.numel() for u in us),)), first.new_empty((sum(v.numel() for v in vs),)))
+
+
+def _grouped_normalize_fake(weights, us, vs, sigmas, dims, eps):
+    return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+
+
+def _grouped_normalize_backward_fake(grads, weights, us, vs, sigmas, dims, eps):
+    return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+
+
+def _grouped_normalize_setup_context(ctx, inputs, output):
+    weights, us, vs, sigmas, dims, eps = inputs
+    ctx.count = len(weights)
+    ctx.save_for_backward(*weights, *us, *vs, *sigmas)
+    ctx.dims, ctx.eps = list(dims), list(eps)
+
+
+def _make_grouped_normalize_backward(backward_op: str):
+    def backward(ctx, grads):
+        saved, n = ctx.saved_tensors, ctx.count
+        weights, us, vs, sigmas = saved[:n], saved[n:2 * n], saved[2 * n:3 * n], saved[3 * n:]
+        if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate again
+            grad_weights = [spectral_norm_normalize_backward_ref(*args)
+                            for args in zip(grads, weights, us, vs, sigmas, ctx.dims, ctx.eps)]
+        else:
+            grad_weights = getattr(torch.ops.fastsn, backward_op)(list(grads), list(weights), list(us), list(vs),
+                                                                  list(sigmas), ctx.dims, ctx.eps)
+        return list(grad_weights), [None] * n, [None] * n, [None] * n, None, None
+    return backward
+
+
 for _suffix in ("", "_triton"):
     if _extension.op_defined("spectral_norm_power_iteration" + _suffix):
         torch.library.register_fake("fastsn::spectral_norm_power_iteration" + _suffix)(_power_iteration_fake)
@@ -271,3 +381,12 @@ for _suffix in ("", "_triton"):
             "fastsn::spectral_norm_normalize" + _suffix,
             _make_normalize_backward("spectral_norm_normalize_backward" + _suffix),
             setup_context=_normalize_setup_context)
+        torch.library.register_fake("fastsn::spectral_norm_grouped_power_iteration" + _suffix)(
+            _grouped_power_iteration_fake)
+        torch.library.register_fake("fastsn::spectral_norm_grouped_normalize" + _suffix)(_grouped_normalize_fake)
+        torch.library.register_fake("fastsn::spectral_norm_grouped_normalize_backward" + _suffix)(
+            _grouped_normalize_backward_fake)
+        torch.library.register_autograd(
+            "fastsn::spectral_norm_grouped_normalize" + _suffix,
+            _make_grouped_normalize_backward("spectral_norm_grouped_normalize_backward" + _suffix),
+            setup_context=_grouped_normalize_setup_context)

@@ -1,0 +1,85 @@
+"""``with fastsn.grouped_spectral_norm(model):`` every fastsn spectral norm of a model, refreshed at once."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch.nn.utils import parametrize
+
+from fastsn.nn.utils import _grouped
+from fastsn.nn.utils.parametrizations import _SpectralNorm
+from fastsn.nn.utils.spectral_norm import SpectralNorm
+from fastsn.ops.spectral_norm import spectral_norm_grouped_normalize, spectral_norm_grouped_power_iteration
+
+
+@dataclass
+class _Entry:
+    key: tuple[int, int]  # the lookup key of the parametrization or hook (see _grouped)
+    weight: torch.Tensor  # >= 2-D: what the kernels normalize
+    shape: torch.Size     # the shape to hand back (a 1-D weight of the hook API is normalized as (h, 1))
+    u: torch.Tensor
+    v: torch.Tensor
+    dim: int
+    iterations: int
+    eps: float
+    u_first: bool
+
+
+def _entries(model: torch.nn.Module) -> list[_Entry]:
+    entries = []
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for parametrizations in module.parametrizations.values():
+                fn = parametrizations[0]
+                # only a spectral norm that is the whole parametrization reads `original` directly
+                if len(parametrizations) == 1 and isinstance(fn, _SpectralNorm) and parametrizations.original.ndim > 1:
+                    weight = parametrizations.original
+                    entries.append(_Entry((id(fn), 0), weight, weight.shape, fn._u, fn._v, fn.dim,
+                                          fn.n_power_iterations if fn.training else 0, fn.eps, True))
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, SpectralNorm):
+                weight = getattr(module, hook.name + "_orig")
+                matrix = weight.unsqueeze(1) if weight.ndim == 1 else weight
+                entries.append(_Entry((id(hook), id(module)), matrix, weight.shape, getattr(module, hook.name + "_u"),
+                                      getattr(module, hook.name + "_v"), hook.dim,
+                                      hook.n_power_iterations if module.training else 0, hook.eps, False))
+    return entries
+
+
+@contextlib.contextmanager
+def grouped_spectral_norm(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Compute every fastsn spectral-norm weight of ``model`` once, with the grouped kernels, for the block.
+
+    On entry, the power iterations of all spectral norms run as one grouped op (one CUDA launch for all small
+    weights; one C++ call on CPU), then all normalizations as another; inside the block, forwards reuse those
+    weights, as under ``torch.nn.utils.parametrize.cached()``: each u and v is updated once per block (in training
+    mode), however many forwards the block runs, and gradients flow to every weight through one fused backward.
+    Weights of another device or dtype form their own group. torch's own spectral norms, and spectral norms
+    chained with other parametrizations, are computed layer by layer as usual.
+
+    Args:
+        model: a module holding fastsn spectral norms (either API).
+
+    Yields:
+        ``model``.
+    """
+    table: dict[tuple[int, int], torch.Tensor] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[_Entry]] = {}
+    for entry in _entries(model):
+        groups.setdefault((entry.weight.device, entry.weight.dtype), []).append(entry)
+    for group in groups.values():
+        weights = [e.weight for e in group]
+        dims, eps = [e.dim for e in group], [e.eps for e in group]
+        sigmas, us, vs = spectral_norm_grouped_power_iteration(
+            weights, [e.u for e in group], [e.v for e in group], dims, [e.iterations for e in group], eps,
+            [e.u_first for e in group])
+        normalized = spectral_norm_grouped_normalize(weights, us, vs, sigmas, dims, eps)
+        for entry, weight in zip(group, normalized):
+            table[entry.key] = weight.view(entry.shape)
+    token = _grouped._table.set(table)
+    try:
+        yield model
+    finally:
+        _grouped._table.reset(token)

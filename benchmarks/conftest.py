@@ -57,6 +57,7 @@ def synchronized(fn: Callable[[], object], device: str) -> Callable[[], object]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "provider" in metafunc.fixturenames:
-        metafunc.parametrize("provider", PROVIDERS)
+        # a benchmark module may name its own providers (e.g. torch's two spectral-norm APIs)
+        metafunc.parametrize("provider", getattr(metafunc.module, "PROVIDERS", PROVIDERS))
     if "device" in metafunc.fixturenames:
         metafunc.parametrize("device", devices())

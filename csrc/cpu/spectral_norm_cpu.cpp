@@ -24,7 +24,9 @@
 namespace fastsn {
 namespace {
 
-constexpr int64_t kRowGrain = 8;  // rows per task at the least; each row is at least a few cache lines
+// Elements per task at the least: below this a thread costs more than it saves (and on a busy machine a parallel
+// region can wait milliseconds for a descheduled thread), so small weights run on the calling thread.
+constexpr int64_t kGrainElements = 32768;
 
 // Dot product with eight independent partial sums, so that the compiler can vectorize it without reordering
 // a single floating-point chain.
@@ -60,11 +62,11 @@ template <typename scalar_t, typename acc_t>
 void matrix_pass(const scalar_t* weight, const SpectralNormShape& shape, const std::vector<acc_t>* v,
                  const std::vector<acc_t>* coef, std::vector<acc_t>* s, std::vector<acc_t>* r) {
   const int64_t h = shape.h, inner = shape.inner, outer = shape.outer, w = shape.w();
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), h / kRowGrain));
+  const int64_t threads = std::clamp<int64_t>(h * w / kGrainElements, 1, std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), h)));
   std::vector<std::vector<acc_t>> partial(r ? threads : 0, std::vector<acc_t>(r ? w : 0, acc_t(0)));
   const int64_t rows_per_task = (h + threads - 1) / threads;
   if (v) s->assign(h, acc_t(0));
-  at::parallel_for(0, threads, 1, [&](int64_t task_begin, int64_t task_end) {
+  auto run_tasks = [&](int64_t task_begin, int64_t task_end) {
     for (int64_t task = task_begin; task < task_end; ++task) {
       acc_t* r_part = r ? partial[task].data() : nullptr;
       for (int64_t i = task * rows_per_task; i < std::min(h, (task + 1) * rows_per_task); ++i) {
@@ -80,10 +82,15 @@ void matrix_pass(const scalar_t* weight, const SpectralNormShape& shape, const s
         }
       }
     }
-  });
+  };
+  if (threads == 1) {
+    run_tasks(0, 1);
+  } else {
+    at::parallel_for(0, threads, 1, run_tasks);
+  }
   if (r) {
     r->assign(w, acc_t(0));
-    at::parallel_for(0, w, 4096, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, w, kGrainElements / std::max<int64_t>(1, threads), [&](int64_t begin, int64_t end) {
       for (const auto& part : partial) {
         for (int64_t j = begin; j < end; ++j) (*r)[j] += part[j];
       }
@@ -182,7 +189,7 @@ at::Tensor normalize_cpu(const at::Tensor& weight, const at::Tensor& u, const at
     const acc_t s_hat = std::abs(s) < static_cast<acc_t>(eps) ? static_cast<acc_t>(eps) : s;
     const scalar_t* wp = w_c.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, w_c.numel(), 32768, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, w_c.numel(), kGrainElements, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) op[k] = static_cast<scalar_t>(static_cast<acc_t>(wp[k]) / s_hat);
     });
   });
@@ -213,7 +220,7 @@ at::Tensor normalize_backward_cpu(const at::Tensor& grad, const at::Tensor& weig
     read_vector<scalar_t>(u, &u_acc);
     read_vector<scalar_t>(v, &v_acc);
     const acc_t g_dot_w = at::parallel_reduce(
-        0, w_c.numel(), 32768, acc_t(0),
+        0, w_c.numel(), kGrainElements, acc_t(0),
         [&](int64_t begin, int64_t end, acc_t acc) {
           for (int64_t k = begin; k < end; ++k) acc += static_cast<acc_t>(gp[k]) * static_cast<acc_t>(wp[k]);
           return acc;
@@ -223,7 +230,8 @@ at::Tensor normalize_backward_cpu(const at::Tensor& grad, const at::Tensor& weig
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     const int64_t h = shape.h, inner = shape.inner;
     // rows (o, i) of length I: element k of row (o, i) sits at column o*I + k of M
-    at::parallel_for(0, shape.outer * h, kRowGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, shape.outer * h, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, inner)),
+                     [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t o = row / h, i = row % h;
         const acc_t cu = coef * u_acc[i];

@@ -1,0 +1,30 @@
+"""benchmarks/report.py: ratios against torch eager and torch.compile from pytest-benchmark JSON."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+_spec = importlib.util.spec_from_file_location(
+    "report", pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "report.py")
+report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report)
+
+
+def _bench(provider: str, median: float) -> dict:
+    return {"name": f"test[{provider}]", "group": "case cpu", "stats": {"median": median},
+            "extra_info": {"provider": provider, "device": "cpu (2 cores)"}}
+
+
+def test_ratios_are_baseline_over_provider():
+    results = {"machine_info": {"node": "box", "cpu": {"brand_raw": "Some CPU"}}, "datetime": "2026-11-23",
+               "commit_info": {"id": "abcdef1234567890"},
+               "benchmarks": [_bench("torch", 4e-3), _bench("torch.compile", 2e-3), _bench("fastsn-cpu", 1e-3)]}
+    text = report.tables(results)
+    assert "Machine: box, Some CPU; run 2026-11-23, commit abcdef123456." in text
+    assert "| fastsn-cpu | 1 ms | 4.00x | 2.00x |" in text
+    assert "| torch | 4 ms | 1.00x | 0.50x |" in text
+
+
+def test_missing_baseline_prints_a_dash():
+    results = {"benchmarks": [_bench("fastsn-cpu", 5e-6)]}
+    assert "| fastsn-cpu | 5 us | - | - |" in report.tables(results)

@@ -19,9 +19,10 @@ TORCH_LIBRARY(fastsn, m) {
   // Spectral norm (fastsn/ops/spectral_norm.py). weight: any shape, seen as the (h, w) matrix with `dim` first.
   // Power iteration: u (h) and v (w) updated in place; returns sigma and fresh copies of u and v.
   // Normalize: weight / sigma, sigma replaced by eps where |sigma| < eps (u, v, dim: for the fused backward).
-  // Grouped: the same for a list of weights (every spectral norm of a model) in one launch on CUDA. The grouped
-  // power iteration returns flat tensors (a mutating op cannot return lists): sigmas (n), and the copies of all
-  // u (sum of h) and all v (sum of w), concatenated in the order of the weights.
+  // Grouped: the same for a list of weights (every spectral norm of a model) in one launch on CUDA. The vectors
+  // travel flat, concatenated in the order of the weights: the grouped power iteration returns sigmas (n) and the
+  // copies of all u (sum of h) and all v (sum of w) (a mutating op cannot return lists anyway), and the grouped
+  // normalize takes them so (fewer tensors for autograd to track).
   // Each has a twin "<name>_triton" with the same schema: the Triton kernels, registered from Python.
 #define FASTSN_SPECTRAL_NORM_SCHEMAS(SUFFIX)                                                                   \
   m.def("spectral_norm_power_iteration" SUFFIX                                                               \
@@ -39,10 +40,10 @@ TORCH_LIBRARY(fastsn, m) {
         " float[] eps, bool[] u_first) -> (Tensor sigmas, Tensor u_copies, Tensor v_copies)",                 \
         {at::Tag::pt2_compliant_tag});                                                                        \
   m.def("spectral_norm_grouped_normalize" SUFFIX                                                             \
-        "(Tensor[] weights, Tensor[] us, Tensor[] vs, Tensor[] sigmas, int[] dims, float[] eps) -> Tensor[]", \
+        "(Tensor[] weights, Tensor us, Tensor vs, Tensor sigmas, int[] dims, float[] eps) -> Tensor[]",       \
         {at::Tag::pt2_compliant_tag});                                                                        \
   m.def("spectral_norm_grouped_normalize_backward" SUFFIX                                                    \
-        "(Tensor[] grads, Tensor[] weights, Tensor[] us, Tensor[] vs, Tensor[] sigmas, int[] dims,"           \
+        "(Tensor[] grads, Tensor[] weights, Tensor us, Tensor vs, Tensor sigmas, int[] dims,"                 \
         " float[] eps) -> Tensor[]",                                                                          \
         {at::Tag::pt2_compliant_tag});
   FASTSN_SPECTRAL_NORM_SCHEMAS("")

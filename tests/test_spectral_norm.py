@@ -200,16 +200,20 @@ def test_grouped_ops_match_one_by_one(backend_device, dtype):
     iterations, eps, u_first = [1, 0, 3, 2], [1e-12] * 4, [True, False, True, False]
     sigmas, u_copies, v_copies = sn.spectral_norm_grouped_power_iteration(weights, us, vs, dims, iterations, eps,
                                                                           u_first, backend=backend)
+    assert sigmas.shape == (4,) and u_copies.shape == (sum(u.numel() for u in us),)
+    assert v_copies.shape == (sum(v.numel() for v in vs),)
     grads = [torch.randn_like(w) for w in weights]
     leaves = [w.clone().requires_grad_() for w in weights]
     outs = sn.spectral_norm_grouped_normalize(leaves, u_copies, v_copies, sigmas, dims, eps, backend=backend)
     torch.autograd.backward(outs, grads)
+    u_split, v_split, _ = sn.split_grouped_vectors(weights, u_copies, v_copies, sigmas, dims)
     for k, (weight, dim) in enumerate(zip(weights, dims)):
         sigma_ref, u_c, v_c = sn.spectral_norm_power_iteration_ref(weight, us_ref[k], vs_ref[k], dim, iterations[k],
                                                                    1e-12, u_first[k])
         _close(sigmas[k], sigma_ref, dtype, scale=float(sigma_ref.abs()) + 1)
         _close(us[k], us_ref[k], dtype)
         _close(vs[k], vs_ref[k], dtype)
+        assert torch.equal(u_split[k], us[k]) and torch.equal(v_split[k], vs[k])
         leaf = weight.clone().requires_grad_()
         out_ref = sn.spectral_norm_normalize_ref(leaf, u_c, v_c, sigma_ref, dim)
         out_ref.backward(grads[k])
@@ -219,26 +223,32 @@ def test_grouped_ops_match_one_by_one(backend_device, dtype):
 
 def test_grouped_gradgradcheck_float64(backend_device):
     backend, device = backend_device
-    weights, us, vs, dims = _group(torch.float64, device)
-    weights = [w[:4].clone().requires_grad_() if w.shape[0] > 4 else w.clone().requires_grad_() for w in weights[:2]]
-    us, vs, dims = [us[0][:4], us[1]], vs[:2], dims[:2]
+    shapes, dims = [(4, 3), (3, 4, 2, 2)], [0, 1]
+    weights = [torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True) for shape in shapes]
+    vectors = [_vectors(shape, dim, torch.float64, device) for shape, dim in zip(shapes, dims)]
+    us, vs = [u for u, _ in vectors], [v for _, v in vectors]
 
     def normalized(*ws):
-        sigmas, _, _ = sn.spectral_norm_grouped_power_iteration([w.detach() for w in ws], [u.clone() for u in us],
-                                                                [v.clone() for v in vs], dims, [0, 0], [1e-12] * 2,
-                                                                [True, True], backend=backend)
-        return tuple(sn.spectral_norm_grouped_normalize(list(ws), us, vs, sigmas, dims, [1e-12] * 2, backend=backend))
+        sigmas, u_flat, v_flat = sn.spectral_norm_grouped_power_iteration(
+            [w.detach() for w in ws], [u.clone() for u in us], [v.clone() for v in vs], dims, [0, 0], [1e-12] * 2,
+            [True, True], backend=backend)
+        return tuple(sn.spectral_norm_grouped_normalize(list(ws), u_flat, v_flat, sigmas, dims, [1e-12] * 2,
+                                                        backend=backend))
 
     assert torch.autograd.gradcheck(normalized, tuple(weights))
     assert torch.autograd.gradgradcheck(normalized, tuple(weights))
 
 
-def test_grouped_list_lengths_are_checked(backend_device):
+def test_grouped_bad_input_names_the_argument(backend_device):
     backend, device = backend_device
     weights, us, vs, dims = _group(torch.float32, device)
     with pytest.raises(RuntimeError, match="argument 'dims' must hold one entry per weight"):
         sn.spectral_norm_grouped_power_iteration(weights, us, vs, dims[:2], [1] * 4, [1e-12] * 4, [True] * 4,
                                                  backend=backend)
+    sigmas, u_flat, v_flat = sn.spectral_norm_grouped_power_iteration(weights, us, vs, dims, [1] * 4, [1e-12] * 4,
+                                                                      [True] * 4, backend=backend)
+    with pytest.raises(RuntimeError, match="'us' and 'vs' must hold|'sigmas' must hold|argument 'eps' must hold"):
+        sn.spectral_norm_grouped_normalize(weights, u_flat[1:], v_flat, sigmas, dims, [1e-12] * 4, backend=backend)
 
 
 @pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
@@ -250,10 +260,8 @@ def test_grouped_opcheck(backend, device):
     args = (weights, us, vs, dims, [1, 0, 2, 1], [1e-12] * 4, [True, False, True, True])
     torch.library.opcheck(getattr(ops, "spectral_norm_grouped_power_iteration" + suffix).default, args)
     sigmas, u_flat, v_flat = getattr(ops, "spectral_norm_grouped_power_iteration" + suffix)(*args)
-    assert sigmas.shape == (4,) and u_flat.numel() == sum(u.numel() for u in us)
-    sigmas, us, vs = list(sigmas.unbind(0)), u_flat.split([u.numel() for u in us]), v_flat.split([v.numel() for v in vs])
     leaves = [w.clone().requires_grad_() for w in weights]
     torch.library.opcheck(getattr(ops, "spectral_norm_grouped_normalize" + suffix).default,
-                          (leaves, us, vs, sigmas, dims, [1e-12] * 4))
+                          (leaves, u_flat, v_flat, sigmas, dims, [1e-12] * 4))
     torch.library.opcheck(getattr(ops, "spectral_norm_grouped_normalize_backward" + suffix).default,
-                          ([torch.randn_like(w) for w in weights], weights, us, vs, sigmas, dims, [1e-12] * 4))
+                          ([torch.randn_like(w) for w in weights], weights, u_flat, v_flat, sigmas, dims, [1e-12] * 4))

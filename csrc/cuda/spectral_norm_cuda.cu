@@ -688,15 +688,22 @@ at::Tensor normalize_backward_cuda(const at::Tensor& grad, const at::Tensor& wei
                        "fastsn::spectral_norm_normalize_backward")[0];
 }
 
-std::vector<at::Tensor> grouped_normalize_cuda(at::TensorList weights, at::TensorList us, at::TensorList vs,
-                                               at::TensorList sigmas, at::IntArrayRef dims, at::ArrayRef<double> eps) {
-  return run_normalize({}, weights, us, vs, sigmas, dims, eps, "fastsn::spectral_norm_grouped_normalize");
+std::vector<at::Tensor> grouped_normalize_cuda(at::TensorList weights, const at::Tensor& us, const at::Tensor& vs,
+                                               const at::Tensor& sigmas, at::IntArrayRef dims, at::ArrayRef<double> eps) {
+  const char* op = "fastsn::spectral_norm_grouped_normalize";
+  check_group_sizes(weights.size(), {{"dims", dims.size()}, {"eps", eps.size()}}, op);
+  const GroupedVectors vectors = split_grouped_vectors(weights, us, vs, sigmas, dims, op);
+  return run_normalize({}, weights, vectors.u, vectors.v, vectors.sigma, dims, eps, op);
 }
 
 std::vector<at::Tensor> grouped_normalize_backward_cuda(at::TensorList grads, at::TensorList weights,
-                                                        at::TensorList us, at::TensorList vs, at::TensorList sigmas,
-                                                        at::IntArrayRef dims, at::ArrayRef<double> eps) {
-  return run_normalize(grads, weights, us, vs, sigmas, dims, eps, "fastsn::spectral_norm_grouped_normalize_backward");
+                                                        const at::Tensor& us, const at::Tensor& vs,
+                                                        const at::Tensor& sigmas, at::IntArrayRef dims,
+                                                        at::ArrayRef<double> eps) {
+  const char* op = "fastsn::spectral_norm_grouped_normalize_backward";
+  check_group_sizes(weights.size(), {{"grads", grads.size()}, {"dims", dims.size()}, {"eps", eps.size()}}, op);
+  const GroupedVectors vectors = split_grouped_vectors(weights, us, vs, sigmas, dims, op);
+  return run_normalize(grads, weights, vectors.u, vectors.v, vectors.sigma, dims, eps, op);
 }
 
 }  // namespace

@@ -179,28 +179,51 @@ def spectral_norm_normalize_backward_ref(grad: torch.Tensor, weight: torch.Tenso
 def spectral_norm_grouped_power_iteration_ref(weights: list[torch.Tensor], us: list[torch.Tensor],
                                               vs: list[torch.Tensor], dims: list[int], n_power_iterations: list[int],
                                               eps: list[float], u_first: list[bool]
-                                              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+                                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference of :func:`spectral_norm_grouped_power_iteration`: the single-weight reference, weight by weight.
 
     Args:
-        weights, us, vs: one weight and its u (updated in place), v (updated in place) per entry.
+        weights, us, vs: one weight (one dtype for all) and its u, v (both updated in place) per entry.
         dims, n_power_iterations, eps, u_first: per weight, as :func:`spectral_norm_power_iteration_ref`.
 
     Returns:
-        (sigmas, u_copies, v_copies), one per weight.
+        sigmas (n,) in the accumulation dtype; u_copies (sum of h,) and v_copies (sum of w,): the updated
+        vectors of all weights, concatenated in order.
     """
     _check_group(weights, us=us, vs=vs, dims=dims, n_power_iterations=n_power_iterations, eps=eps, u_first=u_first)
     results = [spectral_norm_power_iteration_ref(*args) for args in zip(weights, us, vs, dims, n_power_iterations,
                                                                          eps, u_first)]
-    return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
+    return (torch.stack([r[0] for r in results]), torch.cat([r[1] for r in results]),
+            torch.cat([r[2] for r in results]))
 
 
-def spectral_norm_grouped_normalize_ref(weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor],
-                                        sigmas: list[torch.Tensor], dims: list[int],
+def split_grouped_vectors(weights: list[torch.Tensor], us: torch.Tensor, vs: torch.Tensor, sigmas: torch.Tensor,
+                          dims: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Each weight's view of the flat u (sum of h,), v (sum of w,) and sigmas (n,) of the grouped ops."""
+    hs = [w.shape[d] for w, d in zip(weights, dims)]
+    ws = [math.prod([size for i, size in enumerate(w.shape) if i != d]) for w, d in zip(weights, dims)]
+    if us.numel() != sum(hs) or vs.numel() != sum(ws) or sigmas.numel() != len(weights):
+        raise RuntimeError(f"{OP}_grouped_normalize(): arguments 'us' and 'vs' must hold the vectors of every weight "
+                           f"({sum(hs)} and {sum(ws)} values) and 'sigmas' one value per weight ({len(weights)}), got "
+                           f"{us.numel()}, {vs.numel()} and {sigmas.numel()}")
+    return list(us.split(hs)), list(vs.split(ws)), list(sigmas.unbind(0))
+
+
+def spectral_norm_grouped_normalize_ref(weights: list[torch.Tensor], us: torch.Tensor, vs: torch.Tensor,
+                                        sigmas: torch.Tensor, dims: list[int],
                                         eps: list[float]) -> list[torch.Tensor]:
-    """Reference of :func:`spectral_norm_grouped_normalize`: :func:`spectral_norm_normalize_ref` per weight."""
-    _check_group(weights, us=us, vs=vs, sigmas=sigmas, dims=dims, eps=eps)
-    return [spectral_norm_normalize_ref(*args) for args in zip(weights, us, vs, sigmas, dims, eps)]
+    """Reference of :func:`spectral_norm_grouped_normalize`: :func:`spectral_norm_normalize_ref` per weight.
+
+    Args:
+        weights: the weights; us (sum of h,), vs (sum of w,), sigmas (n,): flat, as the grouped power iteration
+            returns them; dims, eps: per weight.
+
+    Returns:
+        W_sn per weight.
+    """
+    _check_group(weights, dims=dims, eps=eps)
+    u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, dims)
+    return [spectral_norm_normalize_ref(*args) for args in zip(weights, u, v, sigma, dims, eps)]
 
 
 def _check_group(weights: list, op: str = OP + "_grouped", **lists: list) -> None:
@@ -249,33 +272,26 @@ def spectral_norm_normalize(weight: torch.Tensor, u: torch.Tensor, v: torch.Tens
 def spectral_norm_grouped_power_iteration(weights: list[torch.Tensor], us: list[torch.Tensor],
                                           vs: list[torch.Tensor], dims: list[int], n_power_iterations: list[int],
                                           eps: list[float], u_first: list[bool], *, backend: Optional[str] = None
-                                          ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+                                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Power iteration of many weights at once (one device and dtype): in place on every u and v.
 
     Args and Returns: as :func:`spectral_norm_grouped_power_iteration_ref`; ``backend`` as :func:`fastsn.ops.build_info`.
     """
-    if not weights:
-        return [], [], []
-    name = _backend.resolve("spectral_norm", weights[0].device, backend)
+    name = _backend.resolve("spectral_norm", weights[0].device if weights else "cpu", backend)
     if name == "ref":
         return spectral_norm_grouped_power_iteration_ref(weights, us, vs, dims, n_power_iterations, eps, u_first)
-    sigmas, u_copies, v_copies = _kernel("spectral_norm_grouped_power_iteration", name)(
+    return _kernel("spectral_norm_grouped_power_iteration", name)(
         [w.detach() for w in weights], us, vs, dims, n_power_iterations, eps, u_first)
-    # the op returns flat tensors (a mutating op cannot return lists): split them back per weight
-    return (list(sigmas.unbind(0)), list(u_copies.split([u.numel() for u in us])),
-            list(v_copies.split([v.numel() for v in vs])))
 
 
-def spectral_norm_grouped_normalize(weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor],
-                                    sigmas: list[torch.Tensor], dims: list[int], eps: list[float], *,
+def spectral_norm_grouped_normalize(weights: list[torch.Tensor], us: torch.Tensor, vs: torch.Tensor,
+                                    sigmas: torch.Tensor, dims: list[int], eps: list[float], *,
                                     backend: Optional[str] = None) -> list[torch.Tensor]:
     """W / sigma for many weights at once, each differentiable in its weight (one fused backward for all).
 
     Args and Returns: as :func:`spectral_norm_grouped_normalize_ref`; ``backend`` as :func:`fastsn.ops.build_info`.
     """
-    if not weights:
-        return []
-    name = _backend.resolve("spectral_norm", weights[0].device, backend)
+    name = _backend.resolve("spectral_norm", weights[0].device if weights else "cpu", backend)
     if name == "ref":
         return spectral_norm_grouped_normalize_ref(weights, us, vs, sigmas, dims, eps)
     return _kernel("spectral_norm_grouped_normalize", name)(weights, us, vs, sigmas, dims, eps)
@@ -353,22 +369,21 @@ def _grouped_normalize_backward_fake(grads, weights, us, vs, sigmas, dims, eps):
 
 def _grouped_normalize_setup_context(ctx, inputs, output):
     weights, us, vs, sigmas, dims, eps = inputs
-    ctx.count = len(weights)
-    ctx.save_for_backward(*weights, *us, *vs, *sigmas)
+    ctx.save_for_backward(us, vs, sigmas, *weights)
     ctx.dims, ctx.eps = list(dims), list(eps)
 
 
 def _make_grouped_normalize_backward(backward_op: str):
     def backward(ctx, grads):
-        saved, n = ctx.saved_tensors, ctx.count
-        weights, us, vs, sigmas = saved[:n], saved[n:2 * n], saved[2 * n:3 * n], saved[3 * n:]
+        us, vs, sigmas, *weights = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate again
+            u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, ctx.dims)
             grad_weights = [spectral_norm_normalize_backward_ref(*args)
-                            for args in zip(grads, weights, us, vs, sigmas, ctx.dims, ctx.eps)]
+                            for args in zip(grads, weights, u, v, sigma, ctx.dims, ctx.eps)]
         else:
-            grad_weights = getattr(torch.ops.fastsn, backward_op)(list(grads), list(weights), list(us), list(vs),
-                                                                  list(sigmas), ctx.dims, ctx.eps)
-        return list(grad_weights), [None] * n, [None] * n, [None] * n, None, None
+            grad_weights = getattr(torch.ops.fastsn, backward_op)(list(grads), weights, us, vs, sigmas, ctx.dims,
+                                                                  ctx.eps)
+        return list(grad_weights), None, None, None, None, None
     return backward
 
 

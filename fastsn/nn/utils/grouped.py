@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from torch.nn.utils import parametrize
 
 from fastsn.nn.utils import _grouped
 from fastsn.nn.utils.parametrizations import _SpectralNorm
@@ -30,20 +29,20 @@ class _Entry:
 def _entries(model: torch.nn.Module) -> list[_Entry]:
     entries = []
     for module in model.modules():
-        if parametrize.is_parametrized(module):
-            for parametrizations in module.parametrizations.values():
-                fn = parametrizations[0]
+        if "parametrizations" in module._modules:
+            for parametrizations in module._modules["parametrizations"]._modules.values():
+                fn = parametrizations._modules["0"]
+                weight = parametrizations._parameters.get("original")
                 # only a spectral norm that is the whole parametrization reads `original` directly
-                if len(parametrizations) == 1 and isinstance(fn, _SpectralNorm) and parametrizations.original.ndim > 1:
-                    weight = parametrizations.original
-                    entries.append(_Entry((id(fn), 0), weight, weight.shape, fn._u, fn._v, fn.dim,
-                                          fn.n_power_iterations if fn.training else 0, fn.eps, True))
+                if len(parametrizations) == 1 and isinstance(fn, _SpectralNorm) and weight is not None and weight.ndim > 1:
+                    entries.append(_Entry((id(fn), 0), weight, weight.shape, fn._buffers["_u"], fn._buffers["_v"],
+                                          fn.dim, fn.n_power_iterations if fn.training else 0, fn.eps, True))
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, SpectralNorm):
-                weight = getattr(module, hook.name + "_orig")
+                weight = module._parameters[hook.name + "_orig"]
                 matrix = weight.unsqueeze(1) if weight.ndim == 1 else weight
-                entries.append(_Entry((id(hook), id(module)), matrix, weight.shape, getattr(module, hook.name + "_u"),
-                                      getattr(module, hook.name + "_v"), hook.dim,
+                entries.append(_Entry((id(hook), id(module)), matrix, weight.shape, module._buffers[hook.name + "_u"],
+                                      module._buffers[hook.name + "_v"], hook.dim,
                                       hook.n_power_iterations if module.training else 0, hook.eps, False))
     return entries
 
@@ -72,10 +71,10 @@ def grouped_spectral_norm(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     for group in groups.values():
         weights = [e.weight for e in group]
         dims, eps = [e.dim for e in group], [e.eps for e in group]
-        sigmas, us, vs = spectral_norm_grouped_power_iteration(
+        sigmas, u_copies, v_copies = spectral_norm_grouped_power_iteration(
             weights, [e.u for e in group], [e.v for e in group], dims, [e.iterations for e in group], eps,
             [e.u_first for e in group])
-        normalized = spectral_norm_grouped_normalize(weights, us, vs, sigmas, dims, eps)
+        normalized = spectral_norm_grouped_normalize(weights, u_copies, v_copies, sigmas, dims, eps)
         for entry, weight in zip(group, normalized):
             table[entry.key] = weight.view(entry.shape)
     token = _grouped._table.set(table)

@@ -55,7 +55,7 @@ import triton
 import triton.language as tl
 
 from fastsn.ops._checks import check_floating, check_tensor
-from fastsn.ops.spectral_norm import check_power_iteration_args, opmath_dtype
+from fastsn.ops.spectral_norm import check_power_iteration_args, opmath_dtype, split_grouped_vectors
 
 OP = "fastsn::spectral_norm"
 
@@ -526,25 +526,17 @@ def spectral_norm_grouped_power_iteration_triton(weights, us, vs, dims, n_power_
             torch.cat([r[2] for r in results]))
 
 
-def _split(weights, us, vs, sigmas, dims):
-    """Weight k's views of the flat u (sum of h), v (sum of w) and sigmas (n)."""
-    hs = [w.shape[d] for w, d in zip(weights, dims)]
-    ws = [w.numel() // h if h else math.prod([s for i, s in enumerate(w.shape) if i != d])
-          for w, h, d in zip(weights, hs, dims)]
-    return us.split(hs), vs.split(ws), sigmas.unbind(0)
-
-
 def spectral_norm_grouped_normalize_triton(weights, us, vs, sigmas, dims, eps):
     """Triton implementation of the grouped normalize: one W / sigma per weight."""
     _check_group(OP + "_grouped_normalize", weights, sigmas=list(sigmas), dims=dims, eps=eps)
-    u, v, sigma = _split(weights, us, vs, sigmas, dims)
+    u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, dims)
     return [spectral_norm_normalize_triton(*args) for args in zip(weights, u, v, sigma, dims, eps)]
 
 
 def spectral_norm_grouped_normalize_backward_triton(grads, weights, us, vs, sigmas, dims, eps):
     """Triton implementation of the grouped normalize backward: one fused backward per weight."""
     _check_group(OP + "_grouped_normalize_backward", weights, grads=grads, sigmas=list(sigmas), dims=dims, eps=eps)
-    u, v, sigma = _split(weights, us, vs, sigmas, dims)
+    u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, dims)
     return [spectral_norm_normalize_backward_triton(*args) for args in zip(grads, weights, u, v, sigma, dims, eps)]
 
 

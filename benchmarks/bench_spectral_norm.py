@@ -1,7 +1,7 @@
 """Spectral normalization: fastsn against torch's parametrization (eager and torch.compile) and torch's hook API.
 
 Cases, each forward + backward in training mode (one power iteration, u and v updated in place):
-    layer-*: the spectral norm of one weight alone (W -> W_sn, then W_sn.backward(G)).
+    layer-*: the spectral norm of one weight alone (W -> W_sn, then W_sn.backward(G)); fastsn layer by layer.
     refresh-*: every spectral-norm weight of a discriminator recomputed once, forward and backward: torch under
         ``parametrize.cached()`` (the hook API: layer by layer), fastsn under ``fastsn.grouped_spectral_norm``.
     step-sngan: one training step of the SNGAN ResNet discriminator (CIFAR-10, 32x32): forward, hinge loss,
@@ -67,8 +67,8 @@ def _normalized_model(shapes, provider: str, device: str) -> torch.nn.ModuleList
     return model.to(device)
 
 
-def _refresh(model: torch.nn.ModuleList, provider: str) -> Callable[[], torch.Tensor]:
-    """One forward + backward of every spectral-norm weight of the model."""
+def _refresh(model: torch.nn.ModuleList, provider: str, grouped: bool = True) -> Callable[[], torch.Tensor]:
+    """One forward + backward of every spectral-norm weight of the model (fastsn: grouped, or layer by layer)."""
     grads = [torch.randn(m.weight_orig.shape if provider == "torch-hook" else m.parametrizations.weight.original.shape,
                          device=next(model.parameters()).device) for m in model]
 
@@ -85,7 +85,8 @@ def _refresh(model: torch.nn.ModuleList, provider: str) -> Callable[[], torch.Te
 
     def run() -> torch.Tensor:
         if provider.startswith("fastsn"):
-            with fastsn.use_backend(provider.removeprefix("fastsn-")), fastsn.grouped_spectral_norm(model):
+            with fastsn.use_backend(provider.removeprefix("fastsn-")), \
+                    (fastsn.grouped_spectral_norm(model) if grouped else parametrize.cached()):
                 normalized = weights()
                 torch.autograd.backward(normalized, grads)
         else:
@@ -122,7 +123,7 @@ def test_layer(benchmark, provider, device, layer):
     if reason:
         pytest.skip(reason)
     model = _normalized_model([shape], provider, device)
-    _measure(benchmark, provider, device, f"spectral_norm {layer} {device}", _refresh(model, provider),
+    _measure(benchmark, provider, device, f"spectral_norm {layer} {device}", _refresh(model, provider, grouped=False),
              numel=torch.Size(shape).numel(), bytes=4 * torch.Size(shape).numel())
 
 

@@ -2,7 +2,7 @@
 torch eager and torch.compile measured in the same run (ratio = their median / this median; > 1 is faster).
 
 Usage:
-    python benchmarks/report.py RESULT.json [RESULT.json ...]
+    python benchmarks/report.py [--summary] RESULT.json [RESULT.json ...]
 
 Each table is one benchmark group (one case on one device); the machine comes from the JSON's machine_info and
 the device name from each benchmark's extra_info.
@@ -54,13 +54,30 @@ def tables(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: dict[str, Any]) -> str:
+    """One markdown table: every fastsn provider of every group, with its median and both ratios."""
+    lines = ["| case | provider | median | vs torch | vs torch.compile |", "|---|---|---|---|---|"]
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    for bench in results["benchmarks"]:
+        groups.setdefault(bench.get("group") or bench["name"], {})[bench["extra_info"].get("provider", "")] = bench
+    for group, by_provider in groups.items():
+        base = {name: _median(by_provider[name]) if name in by_provider else None for name in BASELINES}
+        for provider, bench in by_provider.items():
+            if provider.startswith("fastsn"):
+                median = _median(bench)
+                lines.append(f"| {group} | {provider} | {_format_time(median)} | {_ratio(base['torch'], median)} | "
+                             f"{_ratio(base['torch.compile'], median)} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
+    parser.add_argument("--summary", action="store_true", help="one table of the fastsn providers only")
     args = parser.parse_args(argv)
     for path in args.results:
         with open(path) as f:
-            print(tables(json.load(f)))
+            print((summary if args.summary else tables)(json.load(f)))
     return 0
 
 

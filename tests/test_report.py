@@ -28,3 +28,10 @@ def test_ratios_are_baseline_over_provider():
 def test_missing_baseline_prints_a_dash():
     results = {"benchmarks": [_bench("fastsn-cpu", 5e-6)]}
     assert "| fastsn-cpu | 5 us | - | - |" in report.tables(results)
+
+
+def test_summary_lists_fastsn_providers_only():
+    results = {"benchmarks": [_bench("torch", 4e-3), _bench("torch.compile", 2e-3), _bench("fastsn-cpu", 1e-3)]}
+    text = report.summary(results)
+    assert "| case cpu | fastsn-cpu | 1 ms | 4.00x | 2.00x |" in text
+    assert "| torch |" not in text

@@ -423,3 +423,18 @@ def test_grouped_leaves_torch_spectral_norms_alone(backend_device):
         y = model(torch.randn(3, 4, device=device))
     y.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_under_autocast(backend_device, api):
+    """Under autocast the spectral norm still runs on the float32 weight; the layer then casts as usual."""
+    backend, device = backend_device
+    reference, ours = _twins(api, lambda: torch.nn.Linear(16, 8))
+    reference, ours = reference.to(device), ours.to(device)
+    x = torch.randn(4, 16, device=device)
+    with fastsn.use_backend(backend), torch.autocast(device, dtype=torch.bfloat16):
+        y, y_ref = ours(x), reference(x)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
+    for key, value in _buffers(reference).items():
+        torch.testing.assert_close(_buffers(ours)[key], value, rtol=1e-2, atol=1e-2)

@@ -265,3 +265,15 @@ def test_grouped_opcheck(backend, device):
                           (leaves, u_flat, v_flat, sigmas, dims, [1e-12] * 4))
     torch.library.opcheck(getattr(ops, "spectral_norm_grouped_normalize_backward" + suffix).default,
                           ([torch.randn_like(w) for w in weights], weights, u_flat, v_flat, sigmas, dims, [1e-12] * 4))
+
+
+def test_functional_spectral_norm_is_power_iteration_then_normalize(backend_device):
+    backend, device = backend_device
+    weight = torch.randn(6, 5, device=device, requires_grad=True)
+    u, v = _vectors((6, 5), 0, torch.float32, device)
+    u_ref, v_ref = u.clone(), v.clone()
+    normalized, sigma = sn.spectral_norm(weight, u, v, 0, 2, 1e-12, True, backend=backend)
+    sigma_ref, u_c, v_c = sn.spectral_norm_power_iteration_ref(weight, u_ref, v_ref, 0, 2, 1e-12, True)
+    _close(sigma, sigma_ref, torch.float32, scale=10)
+    _close(normalized, sn.spectral_norm_normalize_ref(weight, u_c, v_c, sigma_ref, 0), torch.float32)
+    _close(u, u_ref, torch.float32)

@@ -159,7 +159,7 @@ struct PowerIterationTasks {
 
 template <typename scalar_t, typename acc_t>
 __device__ void power_iteration_block(const PowerIterationTask<scalar_t, acc_t>& t) {
-  extern __shared__ unsigned char shared_bytes[];
+  extern __shared__ __align__(16) unsigned char shared_bytes[];  // u, v: float or double
   acc_t* u = reinterpret_cast<acc_t*>(shared_bytes);  // (h)
   acc_t* v = u + t.g.h;                                // (w)
   __shared__ acc_t scratch[32];

@@ -49,6 +49,31 @@ def _probe(device: str) -> dict[str, str]:
     return results
 
 
+def _probe_spectral_norm(device: str) -> dict[str, str]:
+    """One power iteration and W / sigma on a small weight with every backend, against the reference."""
+    from fastsn.ops import spectral_norm as sn
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(16, 3, 3, 3, generator=generator).to(device)
+    u0 = torch.nn.functional.normalize(torch.randn(16, generator=generator), dim=0).to(device)
+    v0 = torch.nn.functional.normalize(torch.randn(27, generator=generator), dim=0).to(device)
+    expected, _ = sn.spectral_norm(weight, u0.clone(), v0.clone(), backend="ref")
+    results = {}
+    for name in _backend.BACKENDS[1:]:
+        reason = _backend.unavailable_reason(name, "spectral_norm", device)
+        if reason is not None:
+            results[name] = f"unavailable: {reason}"
+            continue
+        try:
+            normalized, sigma = sn.spectral_norm(weight, u0.clone(), v0.clone(), backend=name)
+        except Exception as exc:
+            results[name] = f"FAILED: {type(exc).__name__}: {exc}"
+            continue
+        error = float((normalized - expected).abs().max())
+        results[name] = ("ok" if error < 1e-4 else "WRONG") + f" (sigma {float(sigma):.4f}, max |diff| vs ref {error:.1e})"
+    return results
+
+
 def collect(probe: bool = True) -> dict[str, Any]:
     """The configuration as a dict (what :func:`show_config` prints).
 
@@ -82,9 +107,10 @@ def collect(probe: bool = True) -> dict[str, Any]:
         config["problems"] += [f"cuda:{i}: {p}" for i in range(len(gpus)) if (p := _extension.gpu_arch_mismatch(i))]
     if probe:
         devices = ["cpu"] + [f"cuda:{i}" for i in range(len(gpus))]
-        config["probe"] = {device: _probe(device) for device in devices}
-        for device, results in config["probe"].items():
-            config["problems"] += [f"probe {name} on {device}: {r}" for name, r in results.items()
+        config["probe"] = {f"fastsn::build_info on {device}": _probe(device) for device in devices}
+        config["probe"].update({f"spectral norm on {device}": _probe_spectral_norm(device) for device in devices})
+        for what, results in config["probe"].items():
+            config["problems"] += [f"probe {name}, {what}: {r}" for name, r in results.items()
                                    if r.startswith(("FAILED", "WRONG"))]
     return config
 
@@ -109,8 +135,8 @@ def _print(config: dict[str, Any], out: TextIO) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}", file=out)
-    for device, results in config.get("probe", {}).items():
-        print(f"\nprobe fastsn::build_info on {device}:", file=out)
+    for what, results in config.get("probe", {}).items():
+        print(f"\nprobe {what}:", file=out)
         for name, result in results.items():
             print(f"  {name:<7} {result}", file=out)
     for problem in config["problems"]:

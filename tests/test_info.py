@@ -21,7 +21,9 @@ def test_show_config_prints_and_returns_the_facts():
     assert config["fastsn"] == fastsn.__version__
     for key in ("backends compiled", "CUDA arch list", "GPU seen", "probe fastsn::build_info on cpu"):
         assert key in text
-    assert config["probe"]["cpu"]["ref"].startswith("ok")
+    assert config["probe"]["fastsn::build_info on cpu"]["ref"].startswith("ok")
+    assert config["probe"]["spectral norm on cpu"]["ref"].startswith("ok")
+    assert "probe spectral norm on cpu" in text
     assert config["problems"] == []
 
 

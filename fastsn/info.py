@@ -10,7 +10,7 @@ import importlib.util
 import json
 import os
 import sys
-from typing import Any, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 import torch
 
@@ -29,24 +29,32 @@ def _triton_version() -> Optional[str]:
     return triton.__version__
 
 
-def _probe(device: str) -> dict[str, str]:
-    """Run fastsn::build_info with every backend on a small tensor of ``device`` holding one NaN."""
-    x = torch.arange(37, dtype=torch.float32, device=device)
-    x[5] = float("nan")
+def _each_backend(op: str, device: str, check: Callable[[str], str]) -> dict[str, str]:
+    """{backend: result} of ``check(backend)`` for every backend, or why that backend cannot run ``op`` here."""
     results = {}
     for name in _backend.BACKENDS[1:]:
-        reason = _backend.unavailable_reason(name, "build_info", device)
+        reason = _backend.unavailable_reason(name, op, device)
         if reason is not None:
             results[name] = f"unavailable: {reason}"
             continue
         try:
-            fields = dict(zip(BUILD_INFO_FIELDS, build_info(x, backend=name).tolist()))
-        except Exception as exc:
+            results[name] = check(name)
+        except Exception as exc:  # report, do not fail: info must run on broken installs
             results[name] = f"FAILED: {type(exc).__name__}: {exc}"
-            continue
-        ok = fields["backend"] == BACKEND_CODES[name] and fields["numel"] == 37 and fields["nonfinite"] == 1
-        results[name] = ("ok" if ok else f"WRONG: {fields}") + f" (workers: {fields['workers']})"
     return results
+
+
+def _probe(device: str) -> dict[str, str]:
+    """Run fastsn::build_info with every backend on a small tensor of ``device`` holding one NaN."""
+    x = torch.arange(37, dtype=torch.float32, device=device)
+    x[5] = float("nan")
+
+    def check(name: str) -> str:
+        fields = dict(zip(BUILD_INFO_FIELDS, build_info(x, backend=name).tolist()))
+        ok = fields["backend"] == BACKEND_CODES[name] and fields["numel"] == 37 and fields["nonfinite"] == 1
+        return ("ok" if ok else f"WRONG: {fields}") + f" (workers: {fields['workers']})"
+
+    return _each_backend("build_info", device, check)
 
 
 def _probe_spectral_norm(device: str) -> dict[str, str]:
@@ -58,20 +66,13 @@ def _probe_spectral_norm(device: str) -> dict[str, str]:
     u0 = torch.nn.functional.normalize(torch.randn(16, generator=generator), dim=0).to(device)
     v0 = torch.nn.functional.normalize(torch.randn(27, generator=generator), dim=0).to(device)
     expected, _ = sn.spectral_norm(weight, u0.clone(), v0.clone(), backend="ref")
-    results = {}
-    for name in _backend.BACKENDS[1:]:
-        reason = _backend.unavailable_reason(name, "spectral_norm", device)
-        if reason is not None:
-            results[name] = f"unavailable: {reason}"
-            continue
-        try:
-            normalized, sigma = sn.spectral_norm(weight, u0.clone(), v0.clone(), backend=name)
-        except Exception as exc:
-            results[name] = f"FAILED: {type(exc).__name__}: {exc}"
-            continue
+
+    def check(name: str) -> str:
+        normalized, sigma = sn.spectral_norm(weight, u0.clone(), v0.clone(), backend=name)
         error = float((normalized - expected).abs().max())
-        results[name] = ("ok" if error < 1e-4 else "WRONG") + f" (sigma {float(sigma):.4f}, max |diff| vs ref {error:.1e})"
-    return results
+        return ("ok" if error < 1e-4 else "WRONG") + f" (sigma {float(sigma):.4f}, max |diff| vs ref {error:.1e})"
+
+    return _each_backend("spectral_norm", device, check)
 
 
 def collect(probe: bool = True) -> dict[str, Any]:

@@ -74,6 +74,37 @@ def test_normalize_and_backward_match_reference(backend_device, dtype, case):
     _close(w1.grad, w2.grad, dtype, scale=float(w2.grad.abs().max()) + 1)
 
 
+# Weights past the CUDA one-CTA path (more than 65,536 elements, or u/v over 40 KB of shared memory), so the
+# multi-CTA kernels run; Triton tiles them over many programs. Triton's interpreter is skipped: too slow here.
+LARGE_CASES = [((300, 257), 0), ((3, 20000), 0), ((20000, 3), 0), ((8, 130, 9, 9), 1)]
+
+
+@pytest.mark.parametrize("case", LARGE_CASES, ids=[f"{'x'.join(map(str, s))}-dim{d}" for s, d in LARGE_CASES])
+def test_large_weights_match_reference(backend_device, dtype, case):
+    backend, device = backend_device
+    if backend == "triton" and device == "cpu":
+        pytest.skip("Triton's interpreter takes minutes on large weights")
+    shape, dim = case
+    weight = torch.randn(shape, dtype=dtype, device=device)
+    u, v = _vectors(shape, dim, dtype, device)
+    u_ref, v_ref = u.clone(), v.clone()
+    for u_first in (True, False):
+        sigma, u_copy, v_copy = sn.spectral_norm_power_iteration(weight, u, v, dim, 2, 1e-12, u_first,
+                                                                 backend=backend)
+        sigma_ref, u_c, v_c = sn.spectral_norm_power_iteration_ref(weight, u_ref, v_ref, dim, 2, 1e-12, u_first)
+        _close(sigma, sigma_ref, dtype, scale=float(sigma_ref.abs()) + 1)
+        _close(u, u_ref, dtype)
+        _close(v, v_ref, dtype)
+    grad = torch.randn(shape, dtype=dtype, device=device)
+    w1, w2 = weight.clone().requires_grad_(), weight.clone().requires_grad_()
+    out = sn.spectral_norm_normalize(w1, u_c, v_c, sigma_ref, dim, 1e-12, backend=backend)
+    out.backward(grad)
+    out_ref = sn.spectral_norm_normalize_ref(w2, u_c, v_c, sigma_ref, dim, 1e-12)
+    out_ref.backward(grad)
+    _close(out, out_ref, dtype)
+    _close(w1.grad, w2.grad, dtype, scale=float(w2.grad.abs().max()) + 1)
+
+
 def _sn_of(weight, u, v, dim, backend):
     """W -> W_sn with sigma recomputed from the (perturbed) weight, as gradcheck needs."""
     sigma, _, _ = sn.spectral_norm_power_iteration(weight.detach(), u.clone(), v.clone(), dim, 0, 1e-12, True,
@@ -187,15 +218,22 @@ def test_opcheck(backend, device):
 GROUP = [((5, 3), 0), ((3, 16, 2, 2), 1), ((7, 1), 0), ((40, 30), 0)]
 
 
-def _group(dtype, device):
-    weights = [torch.randn(shape, dtype=dtype, device=device) for shape, _ in GROUP]
-    vectors = [_vectors(shape, dim, dtype, device) for shape, dim in GROUP]
-    return weights, [u for u, _ in vectors], [v for _, v in vectors], [dim for _, dim in GROUP]
+# the same with two weights past the CUDA one-CTA path in the middle, so one call mixes both paths
+GROUP_WITH_LARGE = GROUP[:2] + [((300, 257), 0), ((3, 20000), 0)]
 
 
-def test_grouped_ops_match_one_by_one(backend_device, dtype):
+def _group(dtype, device, group=GROUP):
+    weights = [torch.randn(shape, dtype=dtype, device=device) for shape, _ in group]
+    vectors = [_vectors(shape, dim, dtype, device) for shape, dim in group]
+    return weights, [u for u, _ in vectors], [v for _, v in vectors], [dim for _, dim in group]
+
+
+@pytest.mark.parametrize("group", [GROUP, GROUP_WITH_LARGE], ids=["small", "with-large"])
+def test_grouped_ops_match_one_by_one(backend_device, dtype, group):
     backend, device = backend_device
-    weights, us, vs, dims = _group(dtype, device)
+    if backend == "triton" and device == "cpu" and group is GROUP_WITH_LARGE:
+        pytest.skip("Triton's interpreter takes minutes on large weights")
+    weights, us, vs, dims = _group(dtype, device, group)
     us_ref, vs_ref = [u.clone() for u in us], [v.clone() for v in vs]
     iterations, eps, u_first = [1, 0, 3, 2], [1e-12] * 4, [True, False, True, False]
     sigmas, u_copies, v_copies = sn.spectral_norm_grouped_power_iteration(weights, us, vs, dims, iterations, eps,

@@ -15,6 +15,11 @@ import torch
 
 from fastsn import _backend
 
+# Parity checks compare float32 results at float32 tolerances: no TF32 in cuDNN convolutions or cuBLAS matmuls
+# (cuDNN's default on Ampere and later rounds operands to 10 mantissa bits, far past TOLERANCES[float32]).
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 KERNEL_BACKENDS = ("cuda", "triton", "cpu", "ref")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 TOLERANCES = {  # (rtol, atol) for a kernel against its reference at the same dtype

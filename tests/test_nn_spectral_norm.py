@@ -125,8 +125,9 @@ def test_hook_api_loads_checkpoints_older_than_version_1(backend_device):
     """A state dict without weight_v, with the normalized weight, and no version: v is solved on load."""
     backend, device = backend_device
     reference, ours = _twins("hook", lambda: torch.nn.Linear(5, 7))
+    reference, ours = reference.to(device), ours.to(device)
     with fastsn.use_backend(backend):
-        x = torch.randn(3, 5)
+        x = torch.randn(3, 5, device=device)
         reference(x)
         reference.eval()
         old = reference.state_dict()
@@ -135,7 +136,7 @@ def test_hook_api_loads_checkpoints_older_than_version_1(backend_device):
         del old._metadata[""]["spectral_norm"]
         ours.load_state_dict(old)
         ours.eval()
-        expected = torch.nn.utils.spectral_norm(torch.nn.Linear(5, 7))
+        expected = torch.nn.utils.spectral_norm(torch.nn.Linear(5, 7)).to(device)
         expected.load_state_dict(old)
         expected.eval()
         _assert_close(ours.weight_v, expected.weight_v)

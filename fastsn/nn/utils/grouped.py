@@ -77,8 +77,8 @@ def grouped_spectral_norm(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         normalized = spectral_norm_grouped_normalize(weights, u_copies, v_copies, sigmas, dims, eps)
         for entry, weight in zip(group, normalized):
             table[entry.key] = weight.view(entry.shape)
-    token = _grouped._table.set(table)
+    outer, _grouped._table = _grouped._table, table  # blocks nest: the inner one wins, the outer comes back
     try:
         yield model
     finally:
-        _grouped._table.reset(token)
+        _grouped._table = outer

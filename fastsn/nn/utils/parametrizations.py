@@ -16,10 +16,23 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm as _TorchSpectralNorm
 
+from fastsn import _backend
+from fastsn._backend import BackendUnavailableError
 from fastsn.nn.utils import _grouped
 from fastsn.ops.spectral_norm import spectral_norm_normalize, spectral_norm_power_iteration
 
 _CONV_TRANSPOSE = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+
+
+def _registration_backend(device: torch.device) -> Optional[str]:
+    """The backend of the 15 iterations at registration: the one requested when it can run on ``device``, else
+    the automatic choice. Models are often built on the CPU inside ``fastsn.use_backend("cuda")`` and moved to the
+    GPU afterwards; their construction must not fail for that."""
+    try:
+        _backend.resolve("spectral_norm", device)
+        return None
+    except BackendUnavailableError:
+        return "auto"
 
 
 class _SpectralNorm(_TorchSpectralNorm):
@@ -53,7 +66,8 @@ class _SpectralNorm(_TorchSpectralNorm):
             self.register_buffer("_u", F.normalize(u, dim=0, eps=self.eps))
             self.register_buffer("_v", F.normalize(v, dim=0, eps=self.eps))
             with torch.no_grad():
-                spectral_norm_power_iteration(weight.detach(), self._u, self._v, self.dim, 15, self.eps, True)
+                spectral_norm_power_iteration(weight.detach(), self._u, self._v, self.dim, 15, self.eps, True,
+                                              backend=_registration_backend(weight.device))
 
     @classmethod
     def from_torch(cls, torch_sn: _TorchSpectralNorm) -> "_SpectralNorm":

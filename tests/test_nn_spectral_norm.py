@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 
 import fastsn
 import fastsn.nn.utils as fnu
+from fastsn import _backend
 from conftest import TOLERANCES
 
 OP = "spectral_norm"
@@ -439,3 +440,16 @@ def test_under_autocast(backend_device, api):
     torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
     for key, value in _buffers(reference).items():
         torch.testing.assert_close(_buffers(ours)[key], value, rtol=1e-2, atol=1e-2)
+
+
+def test_built_on_cpu_inside_a_backend_that_cannot_take_cpu_tensors():
+    """Models are built on the CPU and moved later: inside use_backend("cuda"), registration (15 iterations and
+    torch's first evaluation) falls back to the automatic choice; a forward on the CPU still honours the request."""
+    with fastsn.use_backend("cuda"):
+        module = fnu.parametrizations.spectral_norm(torch.nn.Linear(4, 3))
+        reference = torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(4, 3))
+        if _backend.unavailable_reason("cuda", "spectral_norm", "cpu") is None:
+            pytest.skip("the CUDA backend takes CPU tensors here")  # never, today
+        with pytest.raises(fastsn.BackendUnavailableError, match="backend 'cuda'"):
+            module(torch.randn(2, 4))
+    assert module.parametrizations.weight.original.shape == reference.parametrizations.weight.original.shape

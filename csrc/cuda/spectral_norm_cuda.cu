@@ -133,6 +133,10 @@ __device__ void block_store(const acc_t* x, int64_t n, scalar_t* a, scalar_t* b)
 // per CTA, so every small spectral norm of a model is refreshed by one launch
 // ----------------------------------------------------------------------------------------------------------
 
+// v starts 16 bytes past the end of u, rounded: the compiler reads u (y in block_columns) with 16-byte loads
+// even for its last 1-3 values, and those loads must not overlap v while other threads write it (racecheck).
+__host__ __device__ constexpr int64_t small_v_offset(int64_t h) { return (h + 3) / 4 * 4 + 4; }
+
 template <typename scalar_t, typename acc_t>
 struct PowerIterationTask {
   const scalar_t* weight;
@@ -161,7 +165,7 @@ template <typename scalar_t, typename acc_t>
 __device__ void power_iteration_block(const PowerIterationTask<scalar_t, acc_t>& t) {
   extern __shared__ __align__(16) unsigned char shared_bytes[];  // u, v: float or double
   acc_t* u = reinterpret_cast<acc_t*>(shared_bytes);  // (h)
-  acc_t* v = u + t.g.h;                                // (w)
+  acc_t* v = u + small_v_offset(t.g.h);                // (w), after u and its padding
   __shared__ acc_t scratch[32];
   const Geometry g = t.g;
   for (int64_t k = threadIdx.x; k < g.h; k += blockDim.x) u[k] = static_cast<acc_t>(t.u_in[k]);
@@ -402,7 +406,7 @@ PowerIterationJob make_job(const at::Tensor& weight, const at::Tensor& u, const 
 
 template <typename acc_t>
 int64_t small_shared_bytes(const Geometry& g) {
-  return (g.h + g.w()) * static_cast<int64_t>(sizeof(acc_t));
+  return (small_v_offset(g.h) + g.w() + 4) * static_cast<int64_t>(sizeof(acc_t));  // + the same slack after v
 }
 
 template <typename acc_t>

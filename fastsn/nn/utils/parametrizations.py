@@ -9,7 +9,8 @@ where |sigma| < eps (an all-zero weight) eps replaces sigma, so the result is 0 
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,15 +25,15 @@ from fastsn.ops.spectral_norm import spectral_norm_normalize, spectral_norm_powe
 _CONV_TRANSPOSE = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 
 
-def _registration_backend(device: torch.device) -> Optional[str]:
-    """The backend of the 15 iterations at registration: the one requested when it can run on ``device``, else
-    the automatic choice. Models are often built on the CPU inside ``fastsn.use_backend("cuda")`` and moved to the
-    GPU afterwards; their construction must not fail for that."""
+def _registration_backend(device: torch.device) -> ContextManager[None]:
+    """The backend of registration (15 iterations, then torch's one forward): the one requested when it can run
+    on ``device``, else the automatic choice. Models are often built on the CPU inside
+    ``fastsn.use_backend("cuda")`` and moved to the GPU afterwards; building them must not fail for that."""
     try:
         _backend.resolve("spectral_norm", device)
-        return None
+        return contextlib.nullcontext()
     except BackendUnavailableError:
-        return "auto"
+        return _backend.use_backend("auto")
 
 
 class _SpectralNorm(_TorchSpectralNorm):
@@ -66,8 +67,7 @@ class _SpectralNorm(_TorchSpectralNorm):
             self.register_buffer("_u", F.normalize(u, dim=0, eps=self.eps))
             self.register_buffer("_v", F.normalize(v, dim=0, eps=self.eps))
             with torch.no_grad():
-                spectral_norm_power_iteration(weight.detach(), self._u, self._v, self.dim, 15, self.eps, True,
-                                              backend=_registration_backend(weight.device))
+                spectral_norm_power_iteration(weight.detach(), self._u, self._v, self.dim, 15, self.eps, True)
 
     @classmethod
     def from_torch(cls, torch_sn: _TorchSpectralNorm) -> "_SpectralNorm":
@@ -111,5 +111,6 @@ def spectral_norm(module: torch.nn.Module, name: str = "weight", n_power_iterati
         raise ValueError(f"Module '{module}' has no parameter or buffer with name '{name}'")
     if dim is None:
         dim = 1 if isinstance(module, _CONV_TRANSPOSE) else 0
-    parametrize.register_parametrization(module, name, _SpectralNorm(weight, n_power_iterations, dim, eps))
+    with _registration_backend(weight.device):
+        parametrize.register_parametrization(module, name, _SpectralNorm(weight, n_power_iterations, dim, eps))
     return module

@@ -123,7 +123,31 @@ def _visible_gpu_arches() -> str:
     return ";".join(names[:-1] + [names[-1] + "+PTX"])
 
 
+def check_shared_libstdcxx() -> None:
+    """Stop a build whose C++ compiler would link libstdc++ statically into fastsn._C.
+
+    torch already loads the system's shared libstdc++; a second, static copy in fastsn._C has its own locale
+    tables, and the first error message it formats (any TORCH_CHECK) crashes the process. Seen on a GPU image
+    whose CC/CXX (/opt/gcc) ship only libstdc++.a. FASTSN_ALLOW_STATIC_LIBSTDCXX=1 skips this check.
+    """
+    if _env_flag("FASTSN_ALLOW_STATIC_LIBSTDCXX") or not sys.platform.startswith("linux"):
+        return
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        found = subprocess.run(shlex.split(cxx) + ["-print-file-name=libstdc++.so"], capture_output=True, text=True,
+                               timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return  # not a GCC-style driver: nothing to ask
+    if found and not os.path.isabs(found):
+        sys.exit(f"error: the C++ compiler {cxx!r} has no shared libstdc++ (-print-file-name=libstdc++.so gives "
+                 f"{found!r}), so fastsn._C would carry a static copy beside the one torch loads, and crash on its "
+                 "first error message. Build with a compiler whose libstdc++ is shared, e.g. "
+                 "CC=/usr/bin/gcc CXX=/usr/bin/g++ pip install --no-build-isolation . "
+                 "(FASTSN_ALLOW_STATIC_LIBSTDCXX=1 builds anyway).")
+
+
 def build_extension():
+    check_shared_libstdcxx()
     with_cuda, why = want_cuda()
     debug = _env_flag("DEBUG")
     opt = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]  # Python's own CFLAGS bring -O3 -DNDEBUG: override

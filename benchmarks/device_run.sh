@@ -83,6 +83,14 @@ elif [ "$dry_run" = 0 ]; then
   exit 2
 fi
 
+# The lent GPU image sets CC/CXX to /opt/gcc, whose g++ links libstdc++ statically into shared objects (seen
+# 2026-11-23: fastsn._C then crashed on its first error message; setup.py now refuses such a compiler). Build
+# with the system compiler, whose shared libstdc++ is the one torch loads.
+if [[ "$(${CXX:-c++} -print-file-name=libstdc++.so 2>/dev/null)" != /* ]] && [ -x /usr/bin/g++ ]; then
+  echo "CXX=${CXX:-c++} has no shared libstdc++: building with /usr/bin/gcc and /usr/bin/g++" | tee -a "$out/env.txt"
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++
+fi
+
 if [ "$gpu" = 1 ]; then
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
   export FASTSN_TEST_REQUIRE=${FASTSN_TEST_REQUIRE:-cpu,cuda-build,cuda,triton}

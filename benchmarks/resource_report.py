@@ -1,0 +1,305 @@
+"""Hopper resources of every GPU kernel, without a GPU: registers, shared memory, stack and local memory (spills).
+
+Triton: every kernel configuration the ops launch over a sweep of weight shapes, dtypes and modes is captured (the
+kernels are replaced by recorders, so nothing runs), compiled ahead of time for sm_90 with
+``triton.compile(..., target=GPUTarget("cuda", 90, 32))``, and its cubin read with cuobjdump. A compile failure
+fails the report. CUDA: ``cuobjdump --dump-resource-usage`` of the built ``fastsn._C`` (its sm_90 code).
+
+A kernel with stack or local memory (a spill, or an array the compiler could not keep in registers) fails the
+report unless ``benchmarks/accepted_spills.txt`` lists it: one ``<substring of "kernel [config]">  # reason`` per line.
+
+Usage:
+    python benchmarks/resource_report.py [--out REPORT.md] [--jobs N] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import itertools
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any, Iterator, Optional
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ACCEPTED = ROOT / "benchmarks" / "accepted_spills.txt"
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_TORCH_TO_TRITON = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",
+                    torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Triton: capture the launches, compile them for sm_90
+# ---------------------------------------------------------------------------------------------------------------
+
+class _Recorder:
+    """Stands in for a @triton.jit kernel: ``kernel[grid](*args, **kwargs)`` records the launch, runs nothing."""
+
+    def __init__(self, fn: Any, launches: dict) -> None:
+        self.fn, self.launches = fn, launches
+
+    def __getitem__(self, grid: Any):
+        def launch(*args: Any, **kwargs: Any) -> None:
+            key, spec = _specialize(self.fn, args, kwargs)
+            self.launches.setdefault(key, spec)
+        return launch
+
+
+def _arg_type(value: Any, annotation: str) -> str:
+    if isinstance(value, torch.Tensor):
+        return "*" + _TORCH_TO_TRITON[value.dtype]
+    if annotation:  # e.g. eps: tl.float64
+        return {"tl.float64": "fp64", "tl.float32": "fp32", "tl.int64": "i64", "tl.int32": "i32"}.get(annotation,
+                                                                                                     annotation)
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2**31 <= value < 2**31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"no Triton type for {type(value).__name__}")
+
+
+def _specialize(fn: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """(dedup key, compile spec) of one launch: argument types, constexpr values and num_warps/num_stages."""
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    names = fn.arg_names
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    signature: dict[str, str] = {}
+    constexprs: dict[str, Any] = {}
+    for param in fn.params:
+        value = bound[param.name]
+        if param.is_constexpr:
+            signature[param.name] = "constexpr"
+            constexprs[param.name] = value
+        else:
+            annotation = param.annotation if isinstance(param.annotation, str) else ""
+            signature[param.name] = _arg_type(value, annotation.replace("triton.language", "tl"))
+    key = (fn.__name__, tuple(signature.items()), tuple((k, repr(v)) for k, v in constexprs.items()),
+           tuple(sorted(options.items())))
+    return key, {"kernel": fn.__name__, "module": fn.__module__, "signature": signature, "constexprs": constexprs,
+                 "options": options}
+
+
+def _sweep_shapes(quick: bool) -> Iterator[tuple[tuple[int, ...], int]]:
+    """(shape, dim) pairs that reach every block configuration of the spectral-norm launchers: both fast axes
+    (inner == 1 and inner > 1), heights and widths from 1 to 2^15 in powers of 4 (and their neighbours)."""
+    sizes = [1, 3, 16, 64, 200, 1024, 4096, 2**15] if not quick else [1, 64, 4096]
+    for h, w in itertools.product(sizes, sizes):
+        if h * w > 2**24:
+            continue
+        yield (h, w), 0            # M = W (rows contiguous)
+        yield (w, h), 1            # M = W^T (columns contiguous, inner == 1)
+        if w >= 9:                 # conv-like: (O, h, 3, 3), dim 1: inner 9 > 1
+            yield (w // 9, h, 3, 3), 1
+
+
+def _jit_function(kernel: Any) -> Any:
+    """The JITFunction of a kernel (under TRITON_INTERPRET=1, @triton.jit gives an InterpretedFunction)."""
+    if hasattr(kernel, "params"):
+        return kernel
+    from triton.runtime.jit import JITFunction
+    return JITFunction(kernel.fn)
+
+
+def _load_kernels():
+    from fastsn.triton_kernels import build_info as bi_mod, spectral_norm as sn_mod
+    return [bi_mod, sn_mod]
+
+
+def capture(quick: bool = False) -> dict:
+    """Every distinct Triton launch of the fastsn ops over the sweep, as compile specs."""
+    launches: dict = {}
+    modules = _load_kernels()
+    saved = []
+    for module in modules:
+        for name, obj in list(vars(module).items()):
+            if hasattr(obj, "arg_names") and callable(getattr(obj, "run", None)):  # a @triton.jit kernel
+                saved.append((module, name, obj))
+                setattr(module, name, _Recorder(_jit_function(obj), launches))
+    try:
+        bi_mod, sn_mod = modules
+        for dtype in DTYPES:
+            bi_mod.build_info_triton(torch.zeros(8, dtype=dtype))
+        for (shape, dim), dtype in itertools.product(_sweep_shapes(quick), DTYPES):
+            weight = torch.empty(shape, dtype=dtype)
+            h = shape[dim]
+            w = weight.numel() // h
+            u, v = torch.ones(h, dtype=dtype), torch.ones(w, dtype=dtype)
+            for iterations, u_first in ((0, True), (1, True), (1, False)):
+                sigma, uc, vc = sn_mod.spectral_norm_power_iteration_triton(weight, u, v, dim, iterations, 1e-12,
+                                                                            u_first)
+            sigma = torch.ones((), dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+            sn_mod.spectral_norm_normalize_triton(weight, uc, vc, sigma, dim, 1e-12)
+            sn_mod.spectral_norm_normalize_backward_triton(torch.empty_like(weight), weight, uc, vc, sigma, dim, 1e-12)
+    finally:
+        for module, name, obj in saved:
+            setattr(module, name, obj)
+    return launches
+
+
+def _compile_one(spec: dict) -> dict:
+    """Compile one launch for sm_90 and read its cubin's resources (runs in a worker process)."""
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = _jit_function(getattr(importlib.import_module(spec["module"]), spec["kernel"]))
+    result = {"kernel": spec["kernel"], "config": _config_text(spec)}
+    try:
+        src = ASTSource(fn, spec["signature"], constexprs={(fn.arg_names.index(k),): v
+                                                           for k, v in spec["constexprs"].items()})
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(spec["options"]))
+        result.update(_cubin_resources(compiled.asm["cubin"]))
+        result["shared"] = max(result.get("shared", 0), int(compiled.metadata.shared))
+    except Exception as error:  # noqa: BLE001  (reported, and fails the run)
+        result["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return result
+
+
+def _config_text(spec: dict) -> str:
+    parts = [f"{k}={getattr(v, 'name', v)}" for k, v in spec["constexprs"].items()]
+    ptrs = sorted({t for t in spec["signature"].values() if t.startswith("*")})
+    parts += [f"{k}={v}" for k, v in spec["options"].items()] + ["ptr " + "/".join(ptrs)]
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cuobjdump
+# ---------------------------------------------------------------------------------------------------------------
+
+def cuobjdump() -> str:
+    import triton
+    bundled = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    found = shutil.which("cuobjdump") or (str(bundled) if bundled.exists() else None)
+    if not found:
+        raise SystemExit("cuobjdump not found (it ships in triton's wheel and in the CUDA toolkit)")
+    return found
+
+
+_RESOURCE = re.compile(r"Function (\S+):\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def _parse_resources(text: str) -> list[dict]:
+    return [{"function": m[1], "regs": int(m[2]), "stack": int(m[3]), "shared": int(m[4]), "local": int(m[5])}
+            for m in _RESOURCE.finditer(text)]
+
+
+def _cubin_resources(cubin: bytes) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    rows = _parse_resources(text)
+    if not rows:
+        raise RuntimeError("cuobjdump printed no resource usage")
+    return {k: rows[0][k] for k in ("regs", "stack", "shared", "local")}
+
+
+def cuda_resources() -> list[dict]:
+    """Resources of every kernel in the built fastsn._C (empty when it has no CUDA code)."""
+    import fastsn._extension as ext
+    lib = ext.library_path() if hasattr(ext, "library_path") else None
+    if lib is None:
+        candidates = sorted((ROOT / "fastsn").glob("_C*.so"))
+        if not candidates:
+            import fastsn
+            candidates = sorted(pathlib.Path(fastsn.__file__).parent.glob("_C*.so"))
+        lib = str(candidates[0]) if candidates else None
+    if lib is None:
+        raise SystemExit("fastsn._C is not built")
+    text = subprocess.run([cuobjdump(), "--dump-resource-usage", lib], capture_output=True, text=True).stdout
+    rows = _parse_resources(text)
+    for row in rows:
+        row["kernel"] = _demangle(row["function"])
+    return rows
+
+
+def _demangle(name: str) -> str:
+    cxxfilt = shutil.which("c++filt")
+    if not cxxfilt:
+        return name
+    out = subprocess.run([cxxfilt, name], capture_output=True, text=True).stdout.strip()
+    return re.sub(r"\(anonymous namespace\)::|fastsn::", "", out) or name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------------------------
+
+def accepted_spills() -> dict[str, str]:
+    """{kernel name substring: reason} from benchmarks/accepted_spills.txt."""
+    accepted = {}
+    if ACCEPTED.exists():
+        for line in ACCEPTED.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                name, _, reason = line.partition("#")
+                if not reason.strip():
+                    raise SystemExit(f"{ACCEPTED}: every accepted spill needs a reason after '#': {line!r}")
+                accepted[name.strip()] = reason.strip()
+    return accepted
+
+
+def _spill_problem(row: dict, accepted: dict[str, str]) -> Optional[str]:
+    if row.get("stack", 0) == 0 and row.get("local", 0) == 0:
+        return None
+    name = f"{row.get('kernel', '')} [{row.get('config', '')}]" if row.get("config") else row.get("kernel", "")
+    if any(key in name for key in accepted):
+        return None
+    return f"{name}: stack {row.get('stack')} B, local {row.get('local')} B"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write the markdown report here too")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel Triton compiles")
+    parser.add_argument("--quick", action="store_true", help="a smaller shape sweep")
+    args = parser.parse_args(argv)
+    accepted = accepted_spills()
+
+    launches = capture(args.quick)
+    specs = list(launches.values())
+    print(f"Triton: {len(specs)} distinct launch configurations; compiling each for sm_90", flush=True)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        triton_rows = list(pool.map(_compile_one, specs))
+    cuda_rows = cuda_resources()
+
+    lines = ["# Kernel resources on sm_90 (Hopper)", "",
+             f"torch {torch.__version__}; Triton configurations compiled ahead of time: {len(triton_rows)}.", "",
+             "## Triton (per kernel: the configuration using the most registers, and the maxima)", "",
+             "| kernel | configs | max regs | max shared (B) | max stack (B) | max local (B) | heaviest config |",
+             "|---|---|---|---|---|---|---|"]
+    problems = [f"{r['kernel']} [{r['config']}]: compile failed: {r['error']}" for r in triton_rows if "error" in r]
+    ok_rows = [r for r in triton_rows if "error" not in r]
+    for kernel in sorted({r["kernel"] for r in ok_rows}):
+        rows = [r for r in ok_rows if r["kernel"] == kernel]
+        worst = max(rows, key=lambda r: r["regs"])
+        lines.append(f"| {kernel} | {len(rows)} | {worst['regs']} | {max(r['shared'] for r in rows)} | "
+                     f"{max(r['stack'] for r in rows)} | {max(r['local'] for r in rows)} | {worst['config']} |")
+    lines += ["", "## CUDA (fastsn._C, sm_90)", "", "| kernel | regs | shared (B) | stack (B) | local (B) |",
+              "|---|---|---|---|---|"]
+    lines += [f"| `{r['kernel']}` | {r['regs']} | {r['shared']} | {r['stack']} | {r['local']} |" for r in cuda_rows]
+    if not cuda_rows:
+        lines.append("| (no CUDA code in this build) | | | | |")
+    problems += [p for r in ok_rows + cuda_rows if (p := _spill_problem(r, accepted))]
+    lines += ["", "## Problems", ""] + ([f"- {p}" for p in problems] or ["none: no compile failure, no spill"])
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        pathlib.Path(args.out).write_text(report)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -108,6 +108,8 @@ pytest=("$python" -m pytest -p no:cacheprovider -q -ra)
 if [ "$gpu" = 1 ]; then
   stage "tests (whole suite, cuda + triton on the GPU)" 200 tests.log \
     "${pytest[@]}" "${xdist[@]}" tests
+  stage "ceilings: copy bandwidth and matmul rate" 40 bench.log "$python" benchmarks/ceilings.py \
+    --out "$out/ceilings.json"
   stage "benchmarks on cuda" 180 bench.log "${pytest[@]}" benchmarks -k "cuda and ${BENCH_FILTER:-not nothing}" \
     --benchmark-json="$out/bench-cuda.json" --benchmark-max-time=0.25 --benchmark-columns=median,iqr,rounds
   if command -v compute-sanitizer >/dev/null; then
@@ -125,12 +127,15 @@ if [ "$gpu" = 1 ]; then
     stage "benchmarks on cpu" 120 bench.log "${pytest[@]}" benchmarks -k "cpu and ${BENCH_FILTER:-not nothing}" \
       --benchmark-json="$out/bench-cpu.json" --benchmark-max-time=0.25 --benchmark-columns=median,iqr,rounds
   fi
+  ceilings=()
+  [ -f "$out/ceilings.json" ] && ceilings=(--ceilings "$out/ceilings.json")
   for json in "$out"/bench-*.json; do
-    [ -f "$json" ] && "$python" benchmarks/report.py --summary "$json" 2>&1 | tee -a "$out/summary.md"
+    [ -f "$json" ] && "$python" benchmarks/report.py --summary "${ceilings[@]}" "$json" 2>&1 | tee -a "$out/summary.md"
   done
 else
   stage "tests (CPU and the Triton interpreter)" 600 tests.log "${pytest[@]}" tests/test_build_info.py \
     tests/test_backend.py tests/test_info.py
+  stage "ceilings" 120 bench.log "$python" benchmarks/ceilings.py --out "$out/ceilings.json"
   stage "benchmarks once each" 300 bench.log "${pytest[@]}" benchmarks --benchmark-disable -k "build_info or linear-128x1"
 fi
 

@@ -302,4 +302,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        # the interpreter replaces @triton.jit functions (and the helpers the kernels call), which cannot compile
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     sys.exit(main())

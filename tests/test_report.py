@@ -35,3 +35,28 @@ def test_summary_lists_fastsn_providers_only():
     text = report.summary(results)
     assert "| case cpu | fastsn-cpu | 1 ms | 4.00x | 2.00x |" in text
     assert "| torch |" not in text
+
+
+def test_floor_is_bytes_over_the_measured_bandwidth():
+    bench = _bench("fastsn-cpu", 2e-3)
+    bench["extra_info"]["bytes"] = 10**9
+    ceilings = {"cpu (2 cores)": {"bandwidth_bytes_per_s": 1e12}}
+    results = {"benchmarks": [_bench("torch", 4e-3), bench]}
+    assert "| case cpu | fastsn-cpu | 2 ms | 2.00x | - | 1 ms | 50.0% |" in report.summary(results, ceilings)
+    assert "| fastsn-cpu | 2 ms | 2.00x | - | 1 ms | 50.0% |" in report.tables(results, ceilings)
+    assert "| torch | 4 ms | 1.00x | - | - | - |" in report.tables(results, ceilings)
+
+
+def test_readme_tables_are_regenerated_from_the_committed_results():
+    readme = (report.ROOT / "README.md").read_text()
+    assert readme.count("<!-- report.py ") >= 2  # the CPU and the GPU tables
+    assert report.update_readme(readme) == readme, "run: python benchmarks/report.py --update-readme README.md"
+
+
+def test_update_readme_replaces_a_stale_table(tmp_path):
+    results = {"benchmarks": [_bench("torch", 4e-3), _bench("fastsn-cpu", 1e-3)]}
+    (tmp_path / "r.json").write_text(__import__("json").dumps(results))
+    stale = "x\n<!-- report.py --summary r.json -->\n| old |\n<!-- end report.py -->\ny\n"
+    fresh = report.update_readme(stale, tmp_path)
+    assert "| old |" not in fresh and "| case cpu | fastsn-cpu | 1 ms | 4.00x | - |" in fresh
+    assert fresh.startswith("x\n<!-- report.py") and fresh.endswith("<!-- end report.py -->\ny\n")

@@ -74,7 +74,7 @@ def tables(results: dict[str, Any], ceilings: Optional[dict[str, Any]] = None) -
     for group, benches in groups.items():
         by_provider = {b["extra_info"].get("provider", b["name"]): b for b in benches}
         device = benches[0]["extra_info"].get("device", "?")
-        head, rule = ("| floor | of floor |", "---|---|") if ceilings else ("", "")
+        head, rule = (" floor | of floor |", "---|---|") if ceilings else ("", "")
         lines += [f"**{group}** ({device})", "", "| provider | median | vs torch | vs torch.compile |" + head,
                   "|---|---|---|---|" + rule]
         base = {name: _median(by_provider[name]) if name in by_provider else None for name in BASELINES}
@@ -90,7 +90,7 @@ def tables(results: dict[str, Any], ceilings: Optional[dict[str, Any]] = None) -
 def summary(results: dict[str, Any], ceilings: Optional[dict[str, Any]] = None) -> str:
     """One markdown table: every fastsn provider of every group, with its median, both ratios and, when
     ``ceilings`` is given, its floor."""
-    head, rule = ("| floor | of floor |", "---|---|") if ceilings else ("", "")
+    head, rule = (" floor | of floor |", "---|---|") if ceilings else ("", "")
     lines = ["| case | provider | median | vs torch | vs torch.compile |" + head, "|---|---|---|---|---|" + rule]
     groups: dict[str, dict[str, dict[str, Any]]] = {}
     for bench in results["benchmarks"]:

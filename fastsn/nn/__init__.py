@@ -1,8 +1,10 @@
 """Drop-in ``torch.nn`` replacements built on fastsn's ops.
 
 ``fastsn.nn.utils.parametrizations.spectral_norm`` and ``fastsn.nn.utils.spectral_norm`` /
-``remove_spectral_norm`` replace torch's two spectral-norm APIs.
+``remove_spectral_norm`` replace torch's two spectral-norm APIs; ``GradientPenalty`` is the module form of
+``fastsn.gradient_penalty``.
 """
 from fastsn.nn import utils
+from fastsn.nn.gradient_penalty import GradientPenalty
 
-__all__ = ["utils"]
+__all__ = ["GradientPenalty", "utils"]

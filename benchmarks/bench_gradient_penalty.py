@@ -1,0 +1,82 @@
+"""Gradient penalties: the whole penalty step (D forward on the penalty's inputs, first-order input gradient,
+penalty, backward to D's parameters), fastsn.gradient_penalty against the plain PyTorch formulation.
+
+Providers: "torch" (the textbook code: per-sample interpolation, ``autograd.grad(create_graph=True)``, per-sample
+norms; R1 + R2 as two passes) and "fastsn" (``fastsn.gradient_penalty``; R1 + R2 as one batched pass over
+cat([real, fake])). The fused penalty kernels of issue 4 are not in yet: "fastsn" is pure PyTorch today, so the
+ratios show the batched R1 + R2 and the overhead of the checks. Discriminators: the 2-D toy MLP (batch 512) and the
+DCGAN 64x64 discriminator (batch 64, and 256 on a GPU); torch.compile is not a provider (it cannot trace the
+double backward).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastsn
+from conftest import device_name, synchronized
+
+PROVIDERS = ("torch", "fastsn")
+
+
+def toy_mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(2, 128), torch.nn.LeakyReLU(0.2), torch.nn.Linear(128, 128),
+                               torch.nn.LeakyReLU(0.2), torch.nn.Linear(128, 1))
+
+
+def dcgan64(ch: int = 64) -> torch.nn.Module:
+    """The DCGAN discriminator for 64x64 images, without BatchNorm (a gradient penalty needs per-sample scores)."""
+    layers, cin = [], 3
+    for cout in (ch, 2 * ch, 4 * ch, 8 * ch):
+        layers += [torch.nn.Conv2d(cin, cout, 4, 2, 1), torch.nn.LeakyReLU(0.2)]
+        cin = cout
+    return torch.nn.Sequential(*layers, torch.nn.Conv2d(cin, 1, 4, 1, 0), torch.nn.Flatten(0))
+
+
+CASES = {  # name: (factory, sample shape, batch per device)
+    "mlp-2d": (toy_mlp, (2,), {"cpu": 512, "cuda": 512}),
+    "dcgan64": (dcgan64, (3, 64, 64), {"cpu": 64, "cuda": 64}),
+    "dcgan64-b256": (dcgan64, (3, 64, 64), {"cuda": 256}),
+}
+
+
+def torch_penalty(discriminator, real, fake, kind):
+    """The plain PyTorch formulation users write (per sample, as it should be)."""
+    if kind == "r1+r2":
+        return torch_penalty(discriminator, real, fake, "r1") + torch_penalty(discriminator, real, fake, "r2")
+    if kind in ("r1", "r2"):
+        x = (real if kind == "r1" else fake).detach().requires_grad_(True)
+    else:
+        alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
+        x = (alpha * real + (1 - alpha) * fake).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(x).sum(), x, create_graph=True)
+    norm = grad.flatten(1).norm(2, dim=1)
+    return 10.0 / 2 * norm.square().mean() if kind in ("r1", "r2") else 10.0 * (norm - 1).square().mean()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("kind", ["wgan-gp", "r1+r2"])
+def test_penalty_step(benchmark, provider, device, case, kind):
+    factory, sample, batches = CASES[case]
+    if device not in batches:
+        pytest.skip(f"{case} runs on {sorted(batches)} only")
+    torch.manual_seed(0)
+    model = factory().to(device)
+    batch = batches[device]
+    real, fake = torch.randn(batch, *sample, device=device), torch.randn(batch, *sample, device=device)
+    fastsn_kind = ("r1", "r2") if kind == "r1+r2" else kind
+
+    def step() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        if provider == "torch":
+            penalty = torch_penalty(model, real, fake, kind)
+        else:
+            penalty = fastsn.gradient_penalty(model, real, fake, kind=fastsn_kind)
+        penalty.backward()
+        return penalty.detach()
+
+    timed = synchronized(step, device)
+    timed()  # warm-up
+    benchmark.group = f"gradient_penalty {kind} {case} {device} b={batch}"
+    benchmark.extra_info.update(provider=provider, device=device_name(device), batch=batch)
+    assert torch.isfinite(benchmark(timed))

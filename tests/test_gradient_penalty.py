@@ -1,0 +1,226 @@
+"""fastsn.gradient_penalty and fastsn.nn.GradientPenalty against pure-autograd references that take each sample's
+gradient on its own (so a norm over the whole batch, or one interpolation factor for all, cannot pass), through
+discriminators with and without spectral norm on every backend, and the errors."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import fastsn
+import fastsn.nn.utils as fnu
+from fastsn.nn.gradient_penalty import KINDS, penalty_inputs
+
+OP = "spectral_norm"  # the backends exercised are those of the spectral-norm layers inside D
+
+
+def mlp(sn=lambda m: m) -> torch.nn.Module:
+    return torch.nn.Sequential(sn(torch.nn.Linear(2, 16)), torch.nn.LeakyReLU(0.2), sn(torch.nn.Linear(16, 16)),
+                               torch.nn.Tanh(), sn(torch.nn.Linear(16, 1)))
+
+
+def conv(sn=lambda m: m) -> torch.nn.Module:
+    return torch.nn.Sequential(sn(torch.nn.Conv2d(3, 8, 3, 2, 1)), torch.nn.LeakyReLU(0.2),
+                               sn(torch.nn.Conv2d(8, 8, 3, 2, 1)), torch.nn.Softplus(), torch.nn.Flatten(),
+                               sn(torch.nn.Linear(8 * 2 * 2, 1)), torch.nn.Flatten(0))  # scores (B,)
+
+
+DISCRIMINATORS = {"mlp": (mlp, (6, 2)), "conv": (conv, (5, 3, 8, 8))}
+
+
+def reference_penalty(discriminator, x, kind, weight, center, convention="stylegan2"):
+    """Each sample's input gradient taken alone (D has no batch interaction), then the penalty of the kind."""
+    terms = []
+    for i in range(x.shape[0]):
+        xi = x[i:i + 1].detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(discriminator(xi).sum(), xi, create_graph=True)
+        norm = torch.sqrt(g.pow(2).sum())
+        if kind in ("r1", "r2"):
+            terms.append(norm ** 2 * (weight / 2 if convention == "stylegan2" else weight))
+        elif kind == "wgan-lp":
+            terms.append(weight * torch.relu(norm - center) ** 2)
+        else:
+            terms.append(weight * (norm - center) ** 2)
+    return torch.stack(terms).mean()
+
+
+def _data(shape, dtype=torch.float32, device="cpu"):
+    return torch.randn(shape, dtype=dtype, device=device), torch.randn(shape, dtype=dtype, device=device) + 0.5
+
+
+def _param_grads(model):
+    """Every parameter's gradient; zeros where the penalty sends none (e.g. the last bias)."""
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", list(DISCRIMINATORS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_value_and_parameter_gradients_match_per_sample_reference(name, kind):
+    factory, shape = DISCRIMINATORS[name]
+    torch.manual_seed(0)
+    model = factory().double()
+    twin = copy.deepcopy(model)
+    real, fake = _data(shape, torch.float64)
+    generator = torch.Generator().manual_seed(7)
+    penalty = fastsn.gradient_penalty(model, real, fake, kind=kind, weight=3.0, center=0.7, generator=generator)
+    penalty.backward()
+    x = penalty_inputs((kind,), real, fake, torch.Generator().manual_seed(7))  # the same draws
+    expected = reference_penalty(twin, x, kind, 3.0, 0.7)
+    expected.backward()
+    assert penalty.shape == () and penalty.dtype == torch.float64
+    torch.testing.assert_close(penalty, expected)
+    for got, want in zip(_param_grads(model), _param_grads(twin)):
+        torch.testing.assert_close(got, want)
+
+
+def test_interpolation_factor_is_drawn_per_sample():
+    real, fake = _data((64, 3, 2, 2))
+    x = penalty_inputs(("wgan-gp",), real, fake, torch.Generator().manual_seed(0))
+    e = ((x - fake) / (real - fake)).flatten(1)  # (B, 12): one factor per sample, the same over its elements
+    torch.testing.assert_close(e, e[:, :1].expand_as(e), rtol=1e-4, atol=1e-5)
+    assert (e >= 0).all() and (e < 1).all() and e[:, 0].std() > 0.1
+
+
+def test_dragan_perturbs_each_sample_within_half_a_std():
+    real = torch.randn(32, 5)
+    x = penalty_inputs(("dragan",), real, None, torch.Generator().manual_seed(0))
+    delta = x - real
+    assert (delta >= 0).all() and (delta < 0.5 * real.std()).all() and delta.abs().sum() > 0
+
+
+def test_generator_makes_runs_reproducible():
+    model = mlp()
+    real, fake = _data((8, 2))
+    a = fastsn.gradient_penalty(model, real, fake, generator=torch.Generator().manual_seed(3))
+    b = fastsn.gradient_penalty(model, real, fake, generator=torch.Generator().manual_seed(3))
+    c = fastsn.gradient_penalty(model, real, fake, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_r1_r2_batched_equals_two_passes():
+    torch.manual_seed(0)
+    model = conv().double()
+    twin = copy.deepcopy(model)
+    real, fake = _data((4, 3, 8, 8), torch.float64)
+    both = fastsn.gradient_penalty(model, real, fake, kind=("r1", "r2"), weight=2.0)
+    both.backward()
+    separate = (fastsn.gradient_penalty(twin, real, fake, kind="r1", weight=2.0)
+                + fastsn.gradient_penalty(twin, real, fake, kind="r2", weight=2.0))
+    separate.backward()
+    torch.testing.assert_close(both, separate)
+    for got, want in zip(_param_grads(model), _param_grads(twin)):
+        torch.testing.assert_close(got, want)
+
+
+def test_r1_conventions():
+    model = mlp()
+    real, _ = _data((8, 2))
+    stylegan2 = fastsn.gradient_penalty(model, real, kind="r1", weight=10.0)
+    mescheder = fastsn.gradient_penalty(model, real, kind="r1", weight=10.0, convention="mescheder")
+    torch.testing.assert_close(mescheder, 2 * stylegan2)
+
+
+def test_fake_is_detached_no_gradient_reaches_the_generator():
+    model = mlp()
+    real, fake = _data((8, 2))
+    fake.requires_grad_(True)
+    fastsn.gradient_penalty(model, real, fake).backward()
+    assert fake.grad is None
+
+
+def test_grad_scaler_follows_the_amp_recipe():
+    torch.manual_seed(0)
+    model = mlp()
+    twin = copy.deepcopy(model)
+    real, fake = _data((8, 2))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    penalty = fastsn.gradient_penalty(model, real, fake, scaler=scaler, generator=torch.Generator().manual_seed(1))
+    scaler.scale(penalty).backward()
+    plain = fastsn.gradient_penalty(twin, real, fake, generator=torch.Generator().manual_seed(1))
+    plain.backward()
+    torch.testing.assert_close(penalty, plain, rtol=1e-5, atol=1e-6)  # unscaled before the norm
+    for got, want in zip(_param_grads(model), _param_grads(twin)):
+        torch.testing.assert_close(got / scaler.get_scale(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_double_backward_through_fastsn_spectral_norm_matches_torch(backend_device):
+    """D built with fastsn spectral norms: the penalty and its parameter gradients equal those of the same D with
+    torch's spectral norm (u, v updated identically by the one forward)."""
+    backend, device = backend_device
+    for name, (factory, shape) in DISCRIMINATORS.items():
+        torch.manual_seed(1)
+        ours = factory(fnu.parametrizations.spectral_norm)
+        torch.manual_seed(1)
+        reference = factory(torch.nn.utils.parametrizations.spectral_norm)
+        reference.load_state_dict(ours.state_dict())
+        ours, reference = ours.to(device), reference.to(device)
+        real, fake = _data(shape, device=device)
+        with fastsn.use_backend(backend):
+            penalty = fastsn.gradient_penalty(ours, real, fake, generator=_gen(device, 5))
+            penalty.backward()
+        expected = fastsn.gradient_penalty(reference, real, fake, generator=_gen(device, 5))
+        expected.backward()
+        torch.testing.assert_close(penalty, expected, rtol=1e-4, atol=1e-5, msg=name)
+        for got, want in zip(_param_grads(ours), _param_grads(reference)):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _gen(device, seed):
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def test_half_precision_norms_accumulate_in_float32():
+    model = mlp().to(torch.bfloat16)
+    real, fake = _data((8, 2), torch.bfloat16)
+    penalty = fastsn.gradient_penalty(model, real, fake, kind="r1")
+    assert penalty.dtype == torch.float32 and torch.isfinite(penalty)
+
+
+def test_lazy_regularization_applies_every_kth_call_scaled_by_k():
+    model = mlp()
+    real, fake = _data((8, 2))
+    module = fastsn.nn.GradientPenalty("r1", weight=4.0, every=3)
+    values = [module(model, real, fake) for _ in range(7)]
+    full = fastsn.gradient_penalty(model, real, kind="r1", weight=4.0)
+    for call, value in enumerate(values):
+        if call % 3 == 0:
+            torch.testing.assert_close(value, 3 * full)
+            assert value.requires_grad
+        else:
+            assert value.item() == 0 and not value.requires_grad
+    resumed = fastsn.nn.GradientPenalty("r1", weight=4.0, every=3)
+    resumed.load_state_dict(module.state_dict())
+    assert resumed.calls == 7 and resumed(model, real).item() == 0  # call 7: 7 % 3 != 0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d, r, f: fastsn.gradient_penalty(d, r, None), "needs argument 'fake'"),
+    (lambda d, r, f: fastsn.gradient_penalty(d, None, f, kind="r1"), "needs argument 'real'"),
+    (lambda d, r, f: fastsn.gradient_penalty(d, r, f[:, :1]), "same shape"),
+    (lambda d, r, f: fastsn.gradient_penalty(d, r, f, kind="wgan"), "argument 'kind'"),
+    (lambda d, r, f: fastsn.gradient_penalty(d, r, f, kind=("r1", "wgan-gp")), "combines only"),
+    (lambda d, r, f: fastsn.gradient_penalty(d, r, f, kind="r1", convention="x"), "argument 'convention'"),
+    (lambda d, r, f: fastsn.gradient_penalty(torch.nn.Linear(2, 2), r, f), r"one score per sample, shape \(8,\)"),
+    (lambda d, r, f: fastsn.gradient_penalty(lambda x: x.sum(), r, f), "one score per sample"),
+    (lambda d, r, f: fastsn.gradient_penalty(_Constant(), r, f), "does not depend on its input"),
+    (lambda d, r, f: fastsn.gradient_penalty(d, r.long(), f), "floating-point"),
+    (lambda d, r, f: fastsn.gradient_penalty(d, r[:0], f[:0]), "at least one sample"),
+    (lambda d, r, f: fastsn.nn.GradientPenalty(every=0), "argument 'every'"),
+], ids=["no-fake", "no-real", "shapes", "kind", "combination", "convention", "scores-shape", "scalar-score",
+        "no-path", "integer", "empty", "every"])
+def test_bad_input_gets_a_clear_error(call, message):
+    real, fake = _data((8, 2))
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(mlp(), real, fake)
+
+
+class _Constant(torch.nn.Module):
+    """Scores that ignore the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(x.shape[0]) * 1.0

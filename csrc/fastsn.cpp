@@ -49,4 +49,16 @@ TORCH_LIBRARY(fastsn, m) {
   FASTSN_SPECTRAL_NORM_SCHEMAS("")
   FASTSN_SPECTRAL_NORM_SCHEMAS("_triton")
 #undef FASTSN_SPECTRAL_NORM_SCHEMAS
+
+  // Bias + leaky ReLU + gain (fastsn/ops/bias_leaky_relu.py): y = leaky_relu(x + bias along dim) * gain, gain > 0.
+  // Its backward is an op too, dx = grad * gain * (y > 0 ? 1 : negative_slope), whose own backward is itself:
+  // the double backward of a gradient penalty runs these kernels (the StyleGAN2-ADA bias_act pattern).
+#define FASTSN_BIAS_LEAKY_RELU_SCHEMAS(SUFFIX)                                                                 \
+  m.def("bias_leaky_relu" SUFFIX "(Tensor x, Tensor? bias, int dim, float negative_slope, float gain) -> Tensor", \
+        {at::Tag::pt2_compliant_tag});                                                                        \
+  m.def("bias_leaky_relu_backward" SUFFIX "(Tensor grad, Tensor y, float negative_slope, float gain) -> Tensor",  \
+        {at::Tag::pt2_compliant_tag});
+  FASTSN_BIAS_LEAKY_RELU_SCHEMAS("")
+  FASTSN_BIAS_LEAKY_RELU_SCHEMAS("_triton")
+#undef FASTSN_BIAS_LEAKY_RELU_SCHEMAS
 }

@@ -2,9 +2,10 @@
 
 ``fastsn.nn.utils.parametrizations.spectral_norm`` and ``fastsn.nn.utils.spectral_norm`` /
 ``remove_spectral_norm`` replace torch's two spectral-norm APIs; ``GradientPenalty`` is the module form of
-``fastsn.gradient_penalty``.
+``fastsn.gradient_penalty``; ``FusedLeakyReLU`` is bias + leaky ReLU + gain, fused.
 """
 from fastsn.nn import utils
+from fastsn.nn.fused_leaky_relu import FusedLeakyReLU
 from fastsn.nn.gradient_penalty import GradientPenalty
 
-__all__ = ["GradientPenalty", "utils"]
+__all__ = ["FusedLeakyReLU", "GradientPenalty", "utils"]

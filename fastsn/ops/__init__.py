@@ -1,5 +1,6 @@
 """fastsn's functional ops: one module per op, each with its backend dispatch, fake kernel, autograd
 registration and pure-PyTorch reference ``<op>_ref``."""
+from fastsn.ops.bias_leaky_relu import bias_leaky_relu, bias_leaky_relu_ref
 from fastsn.ops.build_info import BUILD_INFO_FIELDS, build_info, build_info_ref
 
-__all__ = ["BUILD_INFO_FIELDS", "build_info", "build_info_ref"]
+__all__ = ["BUILD_INFO_FIELDS", "bias_leaky_relu", "bias_leaky_relu_ref", "build_info", "build_info_ref"]

@@ -1,0 +1,49 @@
+// Shared by the CPU and CUDA bias_leaky_relu kernels: the argument checks and the (outer, C, inner) view.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include "common/checks.h"
+
+namespace fastsn {
+
+// x contiguous, seen as (outer, channels, inner) around `dim`: the channel of flat index i is (i / inner) % channels.
+struct BiasLeakyReluShape {
+  int64_t channels = 1;
+  int64_t inner = 1;
+};
+
+inline BiasLeakyReluShape check_bias_leaky_relu_args(const at::Tensor& x, const c10::optional<at::Tensor>& bias,
+                                                     int64_t dim, double gain) {
+  const char* op = "fastsn::bias_leaky_relu";
+  check_floating(x, op, "x");
+  TORCH_CHECK(gain > 0, op, "(): argument 'gain' must be positive, got ", gain);
+  BiasLeakyReluShape s;
+  if (!bias.has_value()) return s;
+  const at::Tensor& b = *bias;
+  TORCH_CHECK(x.dim() >= 1, op, "(): argument 'x' must have at least 1 dimension when 'bias' is given");
+  TORCH_CHECK(dim >= 0 && dim < x.dim(), op, "(): argument 'dim' must be in [0, ", x.dim() - 1, "], got ", dim);
+  TORCH_CHECK(b.dim() == 1 && b.numel() == x.size(dim), op, "(): argument 'bias' must have shape (", x.size(dim),
+              ",) (x.shape[dim]), got ", b.sizes());
+  TORCH_CHECK(b.scalar_type() == x.scalar_type(), op, "(): argument 'bias' must have the dtype of 'x' (",
+              x.scalar_type(), "), got ", b.scalar_type());
+  TORCH_CHECK(b.device() == x.device(), op, "(): argument 'bias' must be on the device of 'x' (", x.device(), ")");
+  s.channels = x.size(dim);
+  for (int64_t d = dim + 1; d < x.dim(); ++d) s.inner *= x.size(d);
+  return s;
+}
+
+inline void check_bias_leaky_relu_backward_args(const at::Tensor& grad, const at::Tensor& y, double gain) {
+  const char* op = "fastsn::bias_leaky_relu_backward";
+  check_floating(grad, op, "grad");
+  TORCH_CHECK(gain > 0, op, "(): argument 'gain' must be positive, got ", gain);
+  TORCH_CHECK(grad.sizes() == y.sizes(), op, "(): arguments 'grad' and 'y' must have one shape, got ", grad.sizes(),
+              " and ", y.sizes());
+  TORCH_CHECK(grad.scalar_type() == y.scalar_type(), op, "(): arguments 'grad' and 'y' must have one dtype, got ",
+              grad.scalar_type(), " and ", y.scalar_type());
+  TORCH_CHECK(grad.device() == y.device(), op, "(): arguments 'grad' and 'y' must be on one device");
+}
+
+}  // namespace fastsn

@@ -1,0 +1,101 @@
+// fastsn::bias_leaky_relu and its backward, CUDA kernels: grid-stride elementwise passes over contiguous memory,
+// in opmath (float for float16/bfloat16), on the current stream under a device guard.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "common/bias_leaky_relu.h"
+#include "common/checks.h"
+
+namespace fastsn {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+bias_leaky_relu_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ bias, int64_t n,
+                       int64_t channels, int64_t inner, acc_t slope, acc_t gain, scalar_t* __restrict__ y) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    acc_t v = static_cast<acc_t>(x[i]);
+    if (bias) v += static_cast<acc_t>(bias[(i / inner) % channels]);
+    y[i] = static_cast<scalar_t>((v > 0 ? v : v * slope) * gain);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+bias_leaky_relu_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ y, int64_t n,
+                                acc_t up, acc_t down, scalar_t* __restrict__ dx) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    dx[i] = static_cast<scalar_t>(static_cast<acc_t>(grad[i]) * (static_cast<acc_t>(y[i]) > 0 ? up : down));
+  }
+}
+
+int blocks_for(int64_t n, int device) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  // enough blocks to fill the GPU a few times over; the grid-stride loop covers the rest
+  return static_cast<int>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 8 * static_cast<int64_t>(sms)));
+}
+
+at::Tensor bias_leaky_relu_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& bias, int64_t dim,
+                                double negative_slope, double gain) {
+  check_device(x, c10::DeviceType::CUDA, "fastsn::bias_leaky_relu", "x");
+  const BiasLeakyReluShape s = check_bias_leaky_relu_args(x, bias, dim, gain);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  const int64_t n = xc.numel();
+  if (n == 0) return y;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "bias_leaky_relu_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    bias_leaky_relu_kernel<scalar_t, acc_t><<<blocks_for(n, x.get_device()), kThreads, 0, stream>>>(
+        xc.const_data_ptr<scalar_t>(), bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, n, s.channels,
+        s.inner, static_cast<acc_t>(negative_slope), static_cast<acc_t>(gain), y.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+at::Tensor bias_leaky_relu_backward_cuda(const at::Tensor& grad, const at::Tensor& y, double negative_slope,
+                                         double gain) {
+  check_device(grad, c10::DeviceType::CUDA, "fastsn::bias_leaky_relu_backward", "grad");
+  check_bias_leaky_relu_backward_args(grad, y, gain);
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const at::Tensor gc = grad.contiguous(), yc = y.contiguous();
+  at::Tensor dx = at::empty_like(gc, at::MemoryFormat::Contiguous);
+  const int64_t n = gc.numel();
+  if (n == 0) return dx;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(grad.get_device()).stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gc.scalar_type(), "bias_leaky_relu_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    bias_leaky_relu_backward_kernel<scalar_t, acc_t><<<blocks_for(n, grad.get_device()), kThreads, 0, stream>>>(
+        gc.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(), n, static_cast<acc_t>(gain),
+        static_cast<acc_t>(gain * negative_slope), dx.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastsn, CUDA, m) {
+  m.impl("bias_leaky_relu", &bias_leaky_relu_cuda);
+  m.impl("bias_leaky_relu_backward", &bias_leaky_relu_backward_cuda);
+}
+
+}  // namespace fastsn

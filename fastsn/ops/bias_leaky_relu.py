@@ -1,0 +1,155 @@
+"""``fastsn.ops.bias_leaky_relu``: y = leaky_relu(x + bias, negative_slope) * gain, bias broadcast along ``dim``.
+
+The common discriminator activation, fused, with gradients of every order as kernels: the backward is the op
+``bias_leaky_relu_backward(grad, y)`` = grad * gain * (y > 0 ? 1 : negative_slope), and the backward of that op
+is the same op applied to the incoming gradient (the mask is piecewise constant, so y gets no gradient). A gradient
+penalty's double backward through a discriminator therefore runs these kernels, not a chain of PyTorch ops (the
+pattern of NVlabs StyleGAN2-ADA's ``bias_act``). The gradient of ``bias`` is dx summed over every other dimension.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from fastsn import _backend, _extension
+from fastsn.ops._checks import check_floating, check_tensor
+
+OP = "fastsn::bias_leaky_relu"
+
+
+def check_bias_leaky_relu_args(x: torch.Tensor, bias: Optional[torch.Tensor], dim: int, gain: float,
+                               op: str = OP) -> int:
+    """The checks of the C++ kernels (same messages); returns ``dim`` made non-negative."""
+    check_tensor(x, op, "x")
+    check_floating(x, op, "x")
+    if not gain > 0:
+        raise RuntimeError(f"{op}(): argument 'gain' must be positive, got {gain}")
+    if bias is None:
+        return dim
+    check_tensor(bias, op, "bias")
+    if x.dim() < 1:
+        raise RuntimeError(f"{op}(): argument 'x' must have at least 1 dimension when 'bias' is given")
+    if not -x.dim() <= dim < x.dim():
+        raise RuntimeError(f"{op}(): argument 'dim' must be in [{-x.dim()}, {x.dim() - 1}], got {dim}")
+    dim = dim % x.dim()
+    if bias.dim() != 1 or bias.numel() != x.shape[dim]:
+        raise RuntimeError(f"{op}(): argument 'bias' must have shape ({x.shape[dim]},) (x.shape[dim]), got "
+                           f"{tuple(bias.shape)}")
+    if bias.dtype != x.dtype:
+        raise RuntimeError(f"{op}(): argument 'bias' must have the dtype of 'x' ({x.dtype}), got {bias.dtype}")
+    if bias.device != x.device:
+        raise RuntimeError(f"{op}(): argument 'bias' must be on the device of 'x' ({x.device})")
+    return dim
+
+
+def bias_leaky_relu_ref(x: torch.Tensor, bias: Optional[torch.Tensor] = None, negative_slope: float = 0.2,
+                        gain: float = 1.0, dim: int = 1) -> torch.Tensor:
+    """Pure-PyTorch reference of :func:`bias_leaky_relu` (differentiable to any order by autograd).
+
+    Args:
+        x: any shape; bias: (x.shape[dim],) or None; negative_slope: slope for x + bias <= 0; gain: > 0.
+
+    Returns:
+        y, x's shape and dtype (computed in float32 for float16/bfloat16).
+    """
+    dim = check_bias_leaky_relu_args(x, bias, dim, gain)
+    opmath = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    v = x.to(opmath)
+    if bias is not None:
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        v = v + bias.to(opmath).view(shape)
+    return (F.leaky_relu(v, negative_slope) * gain).to(x.dtype)
+
+
+def bias_leaky_relu_backward_ref(grad: torch.Tensor, y: torch.Tensor, negative_slope: float = 0.2,
+                                 gain: float = 1.0) -> torch.Tensor:
+    """Pure-PyTorch reference of the backward: grad * gain * where(y > 0, 1, negative_slope), y's shape."""
+    opmath = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else grad.dtype
+    scale = torch.where(y > 0, gain, gain * negative_slope).to(opmath)
+    return (grad.to(opmath) * scale).to(grad.dtype)
+
+
+def _kernel(name: str, backend: str):
+    return getattr(torch.ops.fastsn, f"{name}_triton" if backend == "triton" else name)
+
+
+def bias_leaky_relu(x: torch.Tensor, bias: Optional[torch.Tensor] = None, negative_slope: float = 0.2,
+                    gain: float = 1.0, dim: int = 1, *, backend: Optional[str] = None) -> torch.Tensor:
+    """y = leaky_relu(x + bias (broadcast along ``dim``), negative_slope) * gain, fused, with fused gradients of
+    every order.
+
+    Args:
+        x: (..., C at ``dim``, ...), float16/bfloat16/float32/float64, any strides, CPU or CUDA.
+        bias: (C,) of x's dtype and device, or None.
+        negative_slope: the slope where x + bias <= 0 (torch's leaky_relu convention at 0).
+        gain: a positive scale applied after the activation (StyleGAN2 uses sqrt(2)).
+        dim: the dimension ``bias`` runs along (negative counts from the end).
+        backend: as :func:`fastsn.ops.build_info`.
+
+    Returns:
+        y, x's shape and dtype, contiguous; differentiable in x and bias, to any order.
+    """
+    dim = check_bias_leaky_relu_args(x, bias, dim, gain)
+    name = _backend.resolve("bias_leaky_relu", x.device, backend)
+    if name == "ref":
+        return bias_leaky_relu_ref(x, bias, negative_slope, gain, dim)
+    return _kernel("bias_leaky_relu", name)(x, bias, dim, float(negative_slope), float(gain))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fake kernels and autograd (the schemas come with fastsn._C)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _forward_fake(x, bias, dim, negative_slope, gain):
+    check_bias_leaky_relu_args(x, bias, dim, gain)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _backward_fake(grad, y, negative_slope, gain):
+    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+
+def _forward_setup_context(ctx, inputs, output):
+    x, bias, dim, negative_slope, gain = inputs
+    ctx.save_for_backward(output)
+    ctx.dim, ctx.negative_slope, ctx.gain, ctx.has_bias = dim, negative_slope, gain, bias is not None
+
+
+def _make_forward_backward(backward_op: str):
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        dx = getattr(torch.ops.fastsn, backward_op)(grad, y, ctx.negative_slope, ctx.gain)
+        dbias = None
+        if ctx.has_bias and ctx.needs_input_grad[1]:
+            dbias = dx.sum(dim=[d for d in range(dx.dim()) if d != ctx.dim])
+        return dx, dbias, None, None, None
+    return backward
+
+
+def _backward_setup_context(ctx, inputs, output):
+    grad, y, negative_slope, gain = inputs
+    ctx.save_for_backward(y)
+    ctx.negative_slope, ctx.gain = negative_slope, gain
+
+
+def _make_backward_backward(backward_op: str):
+    def backward(ctx, grad_of_dx):
+        (y,) = ctx.saved_tensors
+        # dx is linear in grad with the same mask; the mask does not change with y almost everywhere
+        return getattr(torch.ops.fastsn, backward_op)(grad_of_dx, y, ctx.negative_slope, ctx.gain), None, None, None
+    return backward
+
+
+for _suffix in ("", "_triton"):
+    if _extension.op_defined("bias_leaky_relu" + _suffix):
+        torch.library.register_fake("fastsn::bias_leaky_relu" + _suffix)(_forward_fake)
+        torch.library.register_fake("fastsn::bias_leaky_relu_backward" + _suffix)(_backward_fake)
+        torch.library.register_autograd("fastsn::bias_leaky_relu" + _suffix,
+                                        _make_forward_backward("bias_leaky_relu_backward" + _suffix),
+                                        setup_context=_forward_setup_context)
+        torch.library.register_autograd("fastsn::bias_leaky_relu_backward" + _suffix,
+                                        _make_backward_backward("bias_leaky_relu_backward" + _suffix),
+                                        setup_context=_backward_setup_context)

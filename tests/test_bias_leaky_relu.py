@@ -1,0 +1,198 @@
+"""bias_leaky_relu on every backend x device against its pure-PyTorch reference and torch's own formula: values,
+gradients of x and bias, second-order gradients (gradcheck, gradgradcheck in float64), registration (opcheck),
+odd shapes, bad input, the FusedLeakyReLU module, and a gradient penalty through a discriminator built with it."""
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastsn
+from conftest import TOLERANCES, backend_device_pairs
+from fastsn import _backend
+
+blr = importlib.import_module("fastsn.ops.bias_leaky_relu")  # the module (fastsn.ops.bias_leaky_relu is the function)
+
+OP = "bias_leaky_relu"
+# (x shape, dim, with bias): (N, C), conv (N, C, H, W), the last dim, a middle dim, no bias, 1-wide, empty
+CASES = [((7, 5), 1, True), ((3, 4, 5, 6), 1, True), ((2, 3, 9), -1, True), ((2, 3, 4, 5), 2, True),
+         ((4, 9), 1, False), ((1, 1, 1, 1), 1, True), ((0, 3, 2), 1, True)]
+CASE_IDS = [f"{'x'.join(map(str, s))}-dim{d}{'' if b else '-nobias'}" for s, d, b in CASES]
+
+
+def _close(actual, expected, dtype, scale=1.0):
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(actual.to(torch.float64), expected.to(torch.float64), rtol=rtol * 4,
+                               atol=atol * 4 * scale)
+
+
+def _inputs(shape, dim, with_bias, dtype, device):
+    x = torch.randn(shape, dtype=dtype, device=device)
+    bias = torch.randn(shape[dim], dtype=dtype, device=device) if with_bias else None
+    return x, bias
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_forward_and_backward_match_reference(backend_device, dtype, case):
+    backend, device = backend_device
+    shape, dim, with_bias = case
+    x, bias = _inputs(shape, dim, with_bias, dtype, device)
+    leaves = [x.clone().requires_grad_()] + ([bias.clone().requires_grad_()] if with_bias else [])
+    refs = [t.detach().clone().requires_grad_() for t in leaves]
+    y = blr.bias_leaky_relu(leaves[0], leaves[1] if with_bias else None, 0.2, math.sqrt(2), dim, backend=backend)
+    y_ref = blr.bias_leaky_relu_ref(refs[0], refs[1] if with_bias else None, 0.2, math.sqrt(2), dim)
+    assert y.shape == x.shape and y.dtype == dtype and y.is_contiguous()
+    _close(y, y_ref, dtype)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    y_ref.backward(grad)
+    for got, want in zip(leaves, refs):
+        _close(got.grad, want.grad, dtype, scale=float(want.grad.abs().max()) + 1 if want.grad.numel() else 1)
+
+
+def test_reference_is_torch_formula():
+    x, bias = torch.randn(4, 3, 5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    expected = F.leaky_relu(x + bias.view(1, 3, 1), 0.1) * 1.7
+    torch.testing.assert_close(blr.bias_leaky_relu_ref(x, bias, 0.1, 1.7, 1), expected)
+
+
+def test_non_contiguous_input(backend_device):
+    backend, device = backend_device
+    x = torch.randn(6, 5, 4, device=device).transpose(0, 2)  # (4, 5, 6), not contiguous
+    bias = torch.randn(10, device=device)[::2]
+    torch.testing.assert_close(blr.bias_leaky_relu(x, bias, 0.2, 1.0, 1, backend=backend),
+                               blr.bias_leaky_relu_ref(x, bias, 0.2, 1.0, 1))
+
+
+def test_slope_applies_at_zero_as_torch(backend_device):
+    backend, device = backend_device
+    x = torch.zeros(2, 3, device=device, requires_grad=True)
+    blr.bias_leaky_relu(x, None, 0.25, 2.0, backend=backend).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 0.5))  # gain * slope, as leaky_relu's gradient at 0
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+def test_gradcheck_and_gradgradcheck_float64(backend_device, with_bias):
+    backend, device = backend_device
+    x = torch.randn(3, 4, 5, dtype=torch.float64, device=device)
+    x = torch.where(x.abs() < 0.05, x + 0.1, x).requires_grad_()  # away from the kink: finite differences
+    bias = torch.zeros(4, dtype=torch.float64, device=device, requires_grad=True) if with_bias else None
+    inputs = (x, bias) if with_bias else (x,)
+
+    def fn(*args):
+        return blr.bias_leaky_relu(args[0], args[1] if with_bias else None, 0.2, 1.3, 1, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def test_third_order_runs_the_backward_op(backend_device):
+    """The backward's backward is the backward op itself: grads of grads of grads stay the mask times the input."""
+    backend, device = backend_device
+    x = torch.randn(5, 3, device=device, requires_grad=True)
+    y = blr.bias_leaky_relu(x, None, 0.2, 2.0, backend=backend)
+    (g1,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    v = torch.randn_like(g1, requires_grad=True)
+    (g2,) = torch.autograd.grad((g1 * v).sum(), v, create_graph=True)
+    torch.testing.assert_close(g2, torch.where(x > 0, 2.0, 0.4).detach())
+
+
+def _kernel_pairs() -> list[tuple[str, str]]:
+    return [(b, d) for b, d in backend_device_pairs(OP) if b != "ref"]
+
+
+@pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
+def test_opcheck(backend, device):
+    """Schemas, fake kernels, autograd registrations and AOT dispatch agree."""
+    suffix = "_triton" if backend == "triton" else ""
+    _backend.resolve(OP, device, backend)  # imports the Triton kernels when needed
+    x = torch.randn(3, 4, 5, device=device, requires_grad=True)
+    bias = torch.randn(4, device=device, requires_grad=True)
+    ops = torch.ops.fastsn
+    torch.library.opcheck(getattr(ops, "bias_leaky_relu" + suffix).default, (x, bias, 1, 0.2, 1.4))
+    torch.library.opcheck(getattr(ops, "bias_leaky_relu" + suffix).default, (x, None, 1, 0.2, 1.4))
+    y = getattr(ops, "bias_leaky_relu" + suffix)(x.detach(), bias.detach(), 1, 0.2, 1.4)
+    torch.library.opcheck(getattr(ops, "bias_leaky_relu_backward" + suffix).default,
+                          (torch.randn(3, 4, 5, device=device, requires_grad=True), y, 0.2, 1.4))
+
+
+BAD_ARGS = [
+    (lambda d: dict(x=torch.ones(3, 4, dtype=torch.int64, device=d)), "argument 'x' must be float16"),
+    (lambda d: dict(bias=torch.ones(5, device=d)), r"argument 'bias' must have shape \(4,\)"),
+    (lambda d: dict(bias=torch.ones(4, dtype=torch.float64, device=d)), "must have the dtype of 'x'"),
+    (lambda d: dict(dim=2), "argument 'dim' must be in"),
+    (lambda d: dict(gain=0.0), "argument 'gain' must be positive"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_ARGS, ids=[m.split("'")[1] + str(i) for i, (_, m) in enumerate(BAD_ARGS)])
+def test_bad_input_names_the_argument(backend_device, bad, message):
+    backend, device = backend_device
+    args = dict(x=torch.randn(3, 4, device=device), bias=torch.zeros(4, device=device), dim=1, gain=1.0)
+    args.update(bad(device))
+    with pytest.raises(RuntimeError, match=message):
+        blr.bias_leaky_relu(args["x"], args["bias"], 0.2, args["gain"], args["dim"], backend=backend)
+
+
+@pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
+def test_kernels_check_their_own_arguments(backend, device):
+    """Called directly (no Python checks in front), the kernels refuse bad input with the argument's name."""
+    suffix = "_triton" if backend == "triton" else ""
+    _backend.resolve(OP, device, backend)
+    op = getattr(torch.ops.fastsn, "bias_leaky_relu" + suffix)
+    with pytest.raises(RuntimeError, match="argument 'bias' must have shape"):
+        op(torch.randn(3, 4, device=device), torch.zeros(5, device=device), 1, 0.2, 1.0)
+    with pytest.raises(RuntimeError, match="argument 'gain' must be positive"):
+        getattr(torch.ops.fastsn, "bias_leaky_relu_backward" + suffix)(
+            torch.randn(3, device=device), torch.randn(3, device=device), 0.2, -1.0)
+
+
+def test_module_matches_stylegan2_formula_and_state_dict(backend_device):
+    backend, device = backend_device
+    module = fastsn.nn.FusedLeakyReLU(4).to(device)
+    assert list(module.state_dict()) == ["bias"] and module.scale == math.sqrt(2)
+    with torch.no_grad():
+        module.bias.copy_(torch.randn(4))
+    x = torch.randn(2, 4, 3, 3, device=device)
+    expected = F.leaky_relu(x + module.bias.view(1, 4, 1, 1), 0.2) * math.sqrt(2)
+    with fastsn.use_backend(backend):
+        torch.testing.assert_close(module(x), expected)
+        no_bias = fastsn.nn.FusedLeakyReLU(4, bias=False).to(device)
+        torch.testing.assert_close(no_bias(x), F.leaky_relu(x, 0.2) * math.sqrt(2))
+    with pytest.raises(ValueError, match="argument 'channels'"):
+        fastsn.nn.FusedLeakyReLU(0)
+
+
+def test_gradient_penalty_through_fused_leaky_relu_matches_plain_ops(backend_device):
+    """The double backward of a gradient penalty through FusedLeakyReLU equals the one through F.leaky_relu."""
+    backend, device = backend_device
+
+    def discriminator(act):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, 1, 1), act(), torch.nn.Flatten(),
+                                   torch.nn.Linear(4 * 6 * 6, 1)).to(device)
+
+    class PlainLeakyReLU(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.zeros(4))
+
+        def forward(self, x):
+            return F.leaky_relu(x + self.bias.view(1, -1, 1, 1), 0.2) * math.sqrt(2)
+
+    ours, reference = discriminator(lambda: fastsn.nn.FusedLeakyReLU(4)), discriminator(PlainLeakyReLU)
+    with torch.no_grad():
+        ours[1].bias.uniform_(-0.5, 0.5)
+        reference[1].bias.copy_(ours[1].bias)
+    real, fake = torch.randn(5, 3, 6, 6, device=device), torch.randn(5, 3, 6, 6, device=device)
+    with fastsn.use_backend(backend):
+        penalty = fastsn.gradient_penalty(ours, real, fake, generator=torch.Generator(device).manual_seed(0))
+        penalty.backward()
+    expected = fastsn.gradient_penalty(reference, real, fake, generator=torch.Generator(device).manual_seed(0))
+    expected.backward()
+    torch.testing.assert_close(penalty, expected, rtol=1e-4, atol=1e-5)
+    for got, want in zip(ours.parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5)

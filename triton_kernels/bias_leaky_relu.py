@@ -1,0 +1,111 @@
+"""Triton kernels of ``fastsn::bias_leaky_relu_triton`` and its backward: each program handles BLOCK contiguous
+elements (x seen as (outer, C, inner) around ``dim``: the channel of flat index i is (i // inner) % C), in float32
+for float16/bfloat16 and float64 for float64."""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from fastsn.ops.bias_leaky_relu import check_bias_leaky_relu_args
+
+BLOCK = 1024
+WARPS = 4
+
+
+@triton.jit
+def _bias_leaky_relu_kernel(x_ptr, bias_ptr, y_ptr, n, channels, inner, params_ptr, HAS_BIAS: tl.constexpr,
+                            ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # params: (negative_slope, gain) in ACC, from memory: exact float64 scalars under the interpreter too
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) int64
+    mask = offs < n
+    v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    if HAS_BIAS:
+        v += tl.load(bias_ptr + (offs // inner) % channels, mask=mask, other=0).to(ACC)
+    slope, gain = tl.load(params_ptr), tl.load(params_ptr + 1)
+    y = tl.where(v > 0, v, v * slope) * gain
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bias_leaky_relu_backward_kernel(grad_ptr, y_ptr, dx_ptr, n, params_ptr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # params: (gain, gain * negative_slope) in ACC
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) int64
+    mask = offs < n
+    g = tl.load(grad_ptr + offs, mask=mask, other=0).to(ACC)
+    y = tl.load(y_ptr + offs, mask=mask, other=0).to(ACC)
+    scale = tl.where(y > 0, tl.load(params_ptr), tl.load(params_ptr + 1))
+    tl.store(dx_ptr + offs, (g * scale).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+_PARAMS: dict = {}
+
+
+def _params(like: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """(a, b) as a 2-element tensor in like's accumulation dtype on its device, cached: a module's constants are
+    copied to the device once, not per call."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    key = (like.device, dtype, a, b)
+    if key not in _PARAMS:
+        if len(_PARAMS) >= 256:
+            _PARAMS.clear()
+        _PARAMS[key] = torch.tensor([a, b], dtype=dtype, device=like.device)
+    return _PARAMS[key]
+
+
+def _on_device(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def bias_leaky_relu_triton(x: torch.Tensor, bias: Optional[torch.Tensor], dim: int, negative_slope: float,
+                           gain: float) -> torch.Tensor:
+    """Triton implementation of :func:`fastsn.ops.bias_leaky_relu.bias_leaky_relu`: y, x's shape, contiguous."""
+    dim = check_bias_leaky_relu_args(x, bias, dim, gain, op="fastsn::bias_leaky_relu_triton")
+    xc = x.contiguous()
+    y = torch.empty_like(xc, memory_format=torch.contiguous_format)
+    n = xc.numel()
+    if n == 0:
+        return y
+    channels = xc.shape[dim] if bias is not None else 1
+    inner = 1
+    if bias is not None:
+        for size in xc.shape[dim + 1:]:
+            inner *= size
+    b = bias.contiguous() if bias is not None else xc  # any pointer when HAS_BIAS is off
+    with _on_device(xc):
+        _bias_leaky_relu_kernel[(triton.cdiv(n, BLOCK),)](xc, b, y, n, channels, inner,
+                                                          _params(xc, float(negative_slope), float(gain)),
+                                                          bias is not None, _acc(xc.dtype), BLOCK, num_warps=WARPS)
+    return y
+
+
+def bias_leaky_relu_backward_triton(grad: torch.Tensor, y: torch.Tensor, negative_slope: float,
+                                    gain: float) -> torch.Tensor:
+    """Triton implementation of the backward: grad * gain * (y > 0 ? 1 : negative_slope), contiguous."""
+    op = "fastsn::bias_leaky_relu_backward_triton"
+    check_bias_leaky_relu_args(grad, None, 0, gain, op=op)
+    if grad.shape != y.shape or grad.dtype != y.dtype or grad.device != y.device:
+        raise RuntimeError(f"{op}(): arguments 'grad' and 'y' must have one shape, dtype and device, got "
+                           f"{tuple(grad.shape)} {grad.dtype} {grad.device} and {tuple(y.shape)} {y.dtype} {y.device}")
+    gc, yc = grad.contiguous(), y.contiguous()
+    dx = torch.empty_like(gc, memory_format=torch.contiguous_format)
+    n = gc.numel()
+    if n == 0:
+        return dx
+    with _on_device(gc):
+        _bias_leaky_relu_backward_kernel[(triton.cdiv(n, BLOCK),)](
+            gc, yc, dx, n, _params(gc, float(gain), float(gain * negative_slope)), _acc(gc.dtype), BLOCK,
+            num_warps=WARPS)
+    return dx
+
+
+torch.library.register_kernel("fastsn::bias_leaky_relu_triton", ("cuda", "cpu"))(bias_leaky_relu_triton)
+torch.library.register_kernel("fastsn::bias_leaky_relu_backward_triton", ("cuda", "cpu"))(
+    bias_leaky_relu_backward_triton)

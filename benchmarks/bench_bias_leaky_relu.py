@@ -32,6 +32,8 @@ def test_bias_leaky_relu(benchmark, provider, device, order):
     reason = provider_unavailable(provider, "bias_leaky_relu", device)
     if reason:
         pytest.skip(reason)
+    if provider == "torch.compile" and order == "second":
+        pytest.skip("a torch.compile'd function's backward cannot be differentiated again (create_graph)")
     shape = SHAPES[device] if not interpreted(provider, device) else (2, 4, 8, 8)
     x = torch.randn(shape, device=device, requires_grad=True)
     bias = torch.randn(shape[1], device=device, requires_grad=True)

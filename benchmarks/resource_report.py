@@ -110,8 +110,9 @@ def _jit_function(kernel: Any) -> Any:
 
 
 def _load_kernels():
-    from fastsn.triton_kernels import bias_leaky_relu as blr_mod, build_info as bi_mod, spectral_norm as sn_mod
-    return [bi_mod, sn_mod, blr_mod]
+    from fastsn.triton_kernels import bias_leaky_relu as blr_mod, build_info as bi_mod
+    from fastsn.triton_kernels import gradient_penalty as gp_mod, spectral_norm as sn_mod
+    return [bi_mod, sn_mod, blr_mod, gp_mod]
 
 
 def capture(quick: bool = False) -> dict:
@@ -125,13 +126,15 @@ def capture(quick: bool = False) -> dict:
                 saved.append((module, name, obj))
                 setattr(module, name, _Recorder(_jit_function(obj), launches))
     try:
-        bi_mod, sn_mod, blr_mod = modules
+        bi_mod, sn_mod, blr_mod, gp_mod = modules
         for dtype in DTYPES:
             bi_mod.build_info_triton(torch.zeros(8, dtype=dtype))
             x = torch.zeros(2, 3, 4, dtype=dtype)
             for bias in (torch.zeros(3, dtype=dtype), None):
                 y = blr_mod.bias_leaky_relu_triton(x, bias, 1, 0.2, 1.0)
             blr_mod.bias_leaky_relu_backward_triton(x, y, 0.2, 1.0)
+            for mode in (0, 1, 2):
+                gp_mod.gradient_penalty_head_triton(torch.zeros(4, 5, dtype=dtype), mode, 1.0, 1.0)
         for (shape, dim), dtype in itertools.product(_sweep_shapes(quick), DTYPES):
             weight = torch.empty(shape, dtype=dtype)
             h = shape[dim]

@@ -61,4 +61,13 @@ TORCH_LIBRARY(fastsn, m) {
   FASTSN_BIAS_LEAKY_RELU_SCHEMAS("")
   FASTSN_BIAS_LEAKY_RELU_SCHEMAS("_triton")
 #undef FASTSN_BIAS_LEAKY_RELU_SCHEMAS
+
+  // Gradient penalty head (fastsn/ops/gradient_penalty.py): from the input gradients grad (B, N), one pass per
+  // sample gives its norm n_i, the penalty weight * mean_i phi(n_i) and its gradient d penalty / d grad (B, N).
+  // mode 0: phi = (n - center)^2 (wgan-gp, dragan); 1: max(0, n - center)^2 (wgan-lp); 2: n^2 (r1, r2).
+  m.def("gradient_penalty_head(Tensor grad, int mode, float weight, float center) -> (Tensor penalty, Tensor d_grad)",
+        {at::Tag::pt2_compliant_tag});
+  m.def("gradient_penalty_head_triton(Tensor grad, int mode, float weight, float center)"
+        " -> (Tensor penalty, Tensor d_grad)",
+        {at::Tag::pt2_compliant_tag});
 }

@@ -32,7 +32,7 @@ _AUTO_ORDER = {"cuda": ("cuda", "triton", "ref"), "cpu": ("cpu", "ref")}
 _context: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("fastsn_backend", default=None)
 _triton_import_errors: dict[str, str] = {}
 # An op family (one name in every tree) holds several schemas; this one proves a build has the family.
-_PROBE_SCHEMA = {"spectral_norm": "spectral_norm_power_iteration"}
+_PROBE_SCHEMA = {"spectral_norm": "spectral_norm_power_iteration", "gradient_penalty": "gradient_penalty_head"}
 
 
 def _schema(op: str) -> str:

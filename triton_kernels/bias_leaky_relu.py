@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from fastsn.ops.bias_leaky_relu import check_bias_leaky_relu_args
+from fastsn.triton_kernels._scalars import scalars
 
 BLOCK = 1024
 WARPS = 4
@@ -45,21 +46,6 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-_PARAMS: dict = {}
-
-
-def _params(like: torch.Tensor, a: float, b: float) -> torch.Tensor:
-    """(a, b) as a 2-element tensor in like's accumulation dtype on its device, cached: a module's constants are
-    copied to the device once, not per call."""
-    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-    key = (like.device, dtype, a, b)
-    if key not in _PARAMS:
-        if len(_PARAMS) >= 256:
-            _PARAMS.clear()
-        _PARAMS[key] = torch.tensor([a, b], dtype=dtype, device=like.device)
-    return _PARAMS[key]
-
-
 def _on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
@@ -81,7 +67,7 @@ def bias_leaky_relu_triton(x: torch.Tensor, bias: Optional[torch.Tensor], dim: i
     b = bias.contiguous() if bias is not None else xc  # any pointer when HAS_BIAS is off
     with _on_device(xc):
         _bias_leaky_relu_kernel[(triton.cdiv(n, BLOCK),)](xc, b, y, n, channels, inner,
-                                                          _params(xc, float(negative_slope), float(gain)),
+                                                          scalars(xc, float(negative_slope), float(gain)),
                                                           bias is not None, _acc(xc.dtype), BLOCK, num_warps=WARPS)
     return y
 
@@ -101,7 +87,7 @@ def bias_leaky_relu_backward_triton(grad: torch.Tensor, y: torch.Tensor, negativ
         return dx
     with _on_device(gc):
         _bias_leaky_relu_backward_kernel[(triton.cdiv(n, BLOCK),)](
-            gc, yc, dx, n, _params(gc, float(gain), float(gain * negative_slope)), _acc(gc.dtype), BLOCK,
+            gc, yc, dx, n, scalars(gc, float(gain), float(gain * negative_slope)), _acc(gc.dtype), BLOCK,
             num_warps=WARPS)
     return dx
 

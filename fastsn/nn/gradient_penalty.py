@@ -23,6 +23,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from fastsn.ops.gradient_penalty import MODES, gradient_penalty_head
+
 KINDS = ("wgan-gp", "wgan-lp", "r1", "r2", "dragan")
 CONVENTIONS = ("stylegan2", "mescheder")
 _NEEDS_FAKE = ("wgan-gp", "wgan-lp", "r2")
@@ -117,23 +119,16 @@ def _input_gradients(scores: torch.Tensor, x: torch.Tensor, scaler: Optional["to
 
 def penalty_from_gradients(grad: torch.Tensor, kind: str, weight: float, center: float,
                            convention: str = "stylegan2") -> torch.Tensor:
-    """The weighted penalty of one kind from the input gradients g (B, ...): the per-sample norms reduce every
-    non-batch dimension, in float32 for float16/bfloat16 gradients.
+    """The weighted penalty of one kind from the input gradients g (B, ...), by the fused head op
+    (``fastsn.ops.gradient_penalty_head``): per-sample norms over every non-batch dimension, accumulated in float32
+    for float16/bfloat16 gradients, on the backend that ``fastsn.use_backend`` selects.
 
     Returns:
         A scalar (float32 for half-precision g, else g's dtype), differentiable in g.
     """
-    g = grad.reshape(grad.shape[0], -1)
-    if g.dtype in (torch.float16, torch.bfloat16):
-        g = g.float()
-    if kind in ("r1", "r2"):
-        squared = g.square().sum(dim=1)  # |g_i|^2 without the sqrt: smooth at g = 0
-        return (weight / 2 if convention == "stylegan2" else weight) * squared.mean()
-    norm = g.norm(2, dim=1)
-    gap = norm - center
-    if kind == "wgan-lp":
-        gap = gap.clamp(min=0)
-    return weight * gap.square().mean()
+    if kind in ("r1", "r2") and convention == "stylegan2":
+        weight = weight / 2
+    return gradient_penalty_head(grad.reshape(grad.shape[0], -1), MODES[kind], weight, center)
 
 
 def gradient_penalty(discriminator: torch.nn.Module, real: Optional[torch.Tensor],

@@ -1,0 +1,119 @@
+"""The gradient-penalty head op (fastsn::gradient_penalty_head) on every backend x device against its reference and
+an autograd formula: penalty, d penalty / d grad, the backward, gradcheck/gradgradcheck in float64, opcheck, a zero
+row, bad input; and fastsn.gradient_penalty equal on every backend."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+import fastsn
+from conftest import TOLERANCES, backend_device_pairs
+from fastsn import _backend
+
+head = importlib.import_module("fastsn.ops.gradient_penalty")
+OP = "gradient_penalty"
+SHAPES = [(1, 1), (5, 3), (4, 1030), (33, 7)]  # 1030 > one 1024-wide chunk of the Triton kernel
+
+
+def _autograd_penalty(grad: torch.Tensor, mode: int, weight: float, center: float) -> torch.Tensor:
+    """The penalty written with torch ops on float64: per-sample norms, then the mode's phi, then the mean."""
+    norms = torch.linalg.vector_norm(grad.double(), dim=1)
+    phi = [(norms - center) ** 2, torch.relu(norms - center) ** 2, norms ** 2][mode]
+    return weight * phi.mean()
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2], ids=["two-sided", "one-sided", "squared"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
+def test_penalty_and_gradient_match_autograd(backend_device, dtype, mode, shape):
+    backend, device = backend_device
+    grad = (torch.randn(shape, dtype=dtype, device=device) * 0.7).requires_grad_()
+    penalty = head.gradient_penalty_head(grad, mode, 3.0, 0.9, backend=backend)
+    assert penalty.shape == () and penalty.dtype == head.opmath_dtype(dtype)
+    reference = grad.detach().double().requires_grad_()
+    expected = _autograd_penalty(reference, mode, 3.0, 0.9)
+    expected.backward()
+    penalty.backward()
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(penalty.double(), expected, rtol=max(rtol, 1e-6) * 4, atol=atol * 4)
+    torch.testing.assert_close(grad.grad.double(), reference.grad, rtol=rtol * 4, atol=atol * 4)
+
+
+def test_kernel_returns_the_reference_gradient(backend_device):
+    backend, device = backend_device
+    if backend == "ref":
+        pytest.skip("the reference is the comparison")
+    grad = torch.randn(6, 40, device=device)
+    op = torch.ops.fastsn.gradient_penalty_head_triton if backend == "triton" else torch.ops.fastsn.gradient_penalty_head
+    _backend.resolve(OP, device, backend)
+    for mode in (0, 1, 2):
+        penalty, d_grad = op(grad, mode, 2.0, 1.0)
+        penalty_ref, d_grad_ref = head.gradient_penalty_head_ref(grad, mode, 2.0, 1.0)
+        torch.testing.assert_close(penalty, penalty_ref)
+        torch.testing.assert_close(d_grad, d_grad_ref)
+
+
+def test_zero_row_has_zero_gradient_not_nan(backend_device):
+    backend, device = backend_device
+    grad = torch.zeros(3, 4, device=device, requires_grad=True)
+    penalty = head.gradient_penalty_head(grad, 0, 1.0, 1.0, backend=backend)
+    penalty.backward()
+    assert penalty.item() == pytest.approx(1.0) and torch.equal(grad.grad, torch.zeros_like(grad))
+
+
+def test_gradcheck_and_gradgradcheck_float64(backend_device):
+    backend, device = backend_device
+    grad = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    for mode in (0, 1, 2):
+        fn = lambda g: head.gradient_penalty_head(g, mode, 1.5, 0.5, backend=backend)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (grad,))
+        assert torch.autograd.gradgradcheck(fn, (grad,))
+
+
+def _kernel_pairs() -> list[tuple[str, str]]:
+    return [(b, d) for b, d in backend_device_pairs(OP) if b != "ref"]
+
+
+@pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
+def test_opcheck(backend, device):
+    _backend.resolve(OP, device, backend)
+    op = torch.ops.fastsn.gradient_penalty_head_triton if backend == "triton" else torch.ops.fastsn.gradient_penalty_head
+    torch.library.opcheck(op.default, (torch.randn(3, 5, device=device, requires_grad=True), 0, 2.0, 1.0))
+
+
+@pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
+def test_kernels_check_their_arguments(backend, device):
+    _backend.resolve(OP, device, backend)
+    op = torch.ops.fastsn.gradient_penalty_head_triton if backend == "triton" else torch.ops.fastsn.gradient_penalty_head
+    with pytest.raises(RuntimeError, match="argument 'grad' must be 2-D"):
+        op(torch.randn(3, device=device), 0, 1.0, 1.0)
+    with pytest.raises(RuntimeError, match="argument 'mode' must be 0, 1 or 2"):
+        op(torch.randn(3, 2, device=device), 3, 1.0, 1.0)
+    with pytest.raises(RuntimeError, match="at least one sample"):
+        op(torch.randn(0, 2, device=device), 0, 1.0, 1.0)
+    with pytest.raises(RuntimeError, match="argument 'grad' must be float16"):
+        op(torch.ones(3, 2, dtype=torch.int64, device=device), 0, 1.0, 1.0)
+
+
+def test_gradient_penalty_is_the_same_on_every_backend(backend_device):
+    backend, device = backend_device
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).to(device)
+    real, fake = torch.randn(6, 3, device=device), torch.randn(6, 3, device=device)
+    for kind in ("wgan-gp", "wgan-lp", "r1", ("r1", "r2"), "dragan"):
+        model.zero_grad()
+        with fastsn.use_backend(backend):
+            penalty = fastsn.gradient_penalty(model, real, fake, kind=kind,
+                                              generator=torch.Generator(device).manual_seed(1))
+            penalty.backward()
+        got = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad()
+        with fastsn.use_backend("ref"):
+            expected = fastsn.gradient_penalty(model, real, fake, kind=kind,
+                                               generator=torch.Generator(device).manual_seed(1))
+            expected.backward()
+        want = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        torch.testing.assert_close(penalty, expected, msg=str(kind))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=str(kind))

@@ -103,6 +103,9 @@ stage "build (pip install -e)" 240 build.log \
   "$python" -m pip install --no-build-isolation --no-deps --disable-pip-version-check -e . || {
   echo "build failed: nothing else can run"; tail -n 40 "$out/build.log"; exit 1; }
 stage "fastsn.info" 60 build.log "$python" -m fastsn.info
+# a libstdc++ linked into fastsn._C (see the CC/CXX note above) crashes on the first TORCH_CHECK message
+stage "fastsn._C uses the shared libstdc++" 10 build.log \
+  bash -c '! nm -C --defined-only fastsn/_C*.so | grep "std::ostream::_M_insert<long>"'
 
 pytest=("$python" -m pytest -p no:cacheprovider -q -ra)
 if [ "$gpu" = 1 ]; then

@@ -39,6 +39,11 @@ def backend_device_pairs(op: str = "build_info") -> list[tuple[str, str]]:
     return [(b, d) for d in devices() for b in KERNEL_BACKENDS if _backend.unavailable_reason(b, op, d) is None]
 
 
+def kernel_pairs(op: str) -> list[tuple[str, str]]:
+    """The pairs of :func:`backend_device_pairs` that run fastsn's kernels (every backend but ref)."""
+    return [(b, d) for b, d in backend_device_pairs(op) if b != "ref"]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend_device" in metafunc.fixturenames:
         # a test module names its op family in OP (its kernels decide which backends exist)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import fastsn
-from conftest import TOLERANCES, backend_device_pairs
+from conftest import TOLERANCES, kernel_pairs
 from fastsn import _backend
 
 blr = importlib.import_module("fastsn.ops.bias_leaky_relu")  # the module (fastsn.ops.bias_leaky_relu is the function)
@@ -100,11 +100,10 @@ def test_third_order_runs_the_backward_op(backend_device):
     torch.testing.assert_close(g2, torch.where(x > 0, 2.0, 0.4).detach())
 
 
-def _kernel_pairs() -> list[tuple[str, str]]:
-    return [(b, d) for b, d in backend_device_pairs(OP) if b != "ref"]
+KERNEL_PAIRS = kernel_pairs(OP)
 
 
-@pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
+@pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_opcheck(backend, device):
     """Schemas, fake kernels, autograd registrations and AOT dispatch agree."""
     suffix = "_triton" if backend == "triton" else ""
@@ -137,7 +136,7 @@ def test_bad_input_names_the_argument(backend_device, bad, message):
         blr.bias_leaky_relu(args["x"], args["bias"], 0.2, args["gain"], args["dim"], backend=backend)
 
 
-@pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
+@pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_kernels_check_their_own_arguments(backend, device):
     """Called directly (no Python checks in front), the kernels refuse bad input with the argument's name."""
     suffix = "_triton" if backend == "triton" else ""

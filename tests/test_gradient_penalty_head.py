@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastsn
-from conftest import TOLERANCES, backend_device_pairs
+from conftest import TOLERANCES, kernel_pairs
 from fastsn import _backend
 
 head = importlib.import_module("fastsn.ops.gradient_penalty")
@@ -71,18 +71,17 @@ def test_gradcheck_and_gradgradcheck_float64(backend_device):
         assert torch.autograd.gradgradcheck(fn, (grad,))
 
 
-def _kernel_pairs() -> list[tuple[str, str]]:
-    return [(b, d) for b, d in backend_device_pairs(OP) if b != "ref"]
+KERNEL_PAIRS = kernel_pairs(OP)
 
 
-@pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
+@pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_opcheck(backend, device):
     _backend.resolve(OP, device, backend)
     op = torch.ops.fastsn.gradient_penalty_head_triton if backend == "triton" else torch.ops.fastsn.gradient_penalty_head
     torch.library.opcheck(op.default, (torch.randn(3, 5, device=device, requires_grad=True), 0, 2.0, 1.0))
 
 
-@pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
+@pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_kernels_check_their_arguments(backend, device):
     _backend.resolve(OP, device, backend)
     op = torch.ops.fastsn.gradient_penalty_head_triton if backend == "triton" else torch.ops.fastsn.gradient_penalty_head

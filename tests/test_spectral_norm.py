@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TOLERANCES, backend_device_pairs
+from conftest import TOLERANCES, kernel_pairs
 from fastsn import _backend
 from fastsn.ops import spectral_norm as sn
 
@@ -195,11 +195,10 @@ def test_bad_input_names_the_argument(backend_device, bad, message):
                                          args["eps"], True, backend=backend)
 
 
-def _kernel_pairs() -> list[tuple[str, str]]:
-    return [(b, d) for b, d in backend_device_pairs(OP) if b != "ref"]
+KERNEL_PAIRS = kernel_pairs(OP)
 
 
-@pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
+@pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_opcheck(backend, device):
     """Schema (the in-place u, v), fake kernels, autograd registration and AOT dispatch agree."""
     suffix = "_triton" if backend == "triton" else ""
@@ -289,7 +288,7 @@ def test_grouped_bad_input_names_the_argument(backend_device):
         sn.spectral_norm_grouped_normalize(weights, u_flat[1:], v_flat, sigmas, dims, [1e-12] * 4, backend=backend)
 
 
-@pytest.mark.parametrize("backend, device", _kernel_pairs(), ids=[f"{b}-{d}" for b, d in _kernel_pairs()])
+@pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_grouped_opcheck(backend, device):
     suffix = "_triton" if backend == "triton" else ""
     _backend.resolve(OP, device, backend)

@@ -7,6 +7,8 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "common/bias_leaky_relu.h"
 #include "common/checks.h"
 
@@ -28,11 +30,29 @@ at::Tensor bias_leaky_relu_cpu(const at::Tensor& x, const c10::optional<at::Tens
     const scalar_t* __restrict__ pb = bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* __restrict__ py = y.mutable_data_ptr<scalar_t>();
     const acc_t slope = static_cast<acc_t>(negative_slope), g = static_cast<acc_t>(gain);
-    at::parallel_for(0, xc.numel(), kGrainSize, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        acc_t v = static_cast<acc_t>(px[i]);
-        if (pb) v += static_cast<acc_t>(pb[(i / s.inner) % s.channels]);
-        py[i] = static_cast<scalar_t>((v > 0 ? v : v * slope) * g);
+    // branch-free (max + slope * min): a data-dependent branch on random signs mispredicts half the time and
+    // measured 8x slower than torch; this form vectorizes. Exact: v > 0 gives v, else slope * v; NaN stays NaN.
+    const auto activate = [slope, g](acc_t v) {
+      return static_cast<scalar_t>((std::max(v, acc_t(0)) + slope * std::min(v, acc_t(0))) * g);
+    };
+    if (xc.numel() == 0) return;
+    if (!pb) {
+      at::parallel_for(0, xc.numel(), kGrainSize, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) py[i] = activate(static_cast<acc_t>(px[i]));
+      });
+      return;
+    }
+    // rows of `inner` contiguous elements share one bias value: (outer * C) rows, the channel advancing by one per
+    // row, so the inner loop has no division and vectorizes
+    const int64_t inner = s.inner, rows = xc.numel() / s.inner;
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrainSize / inner), [&](int64_t begin, int64_t end) {
+      int64_t channel = begin % s.channels;
+      for (int64_t r = begin; r < end; ++r) {
+        const acc_t b = static_cast<acc_t>(pb[channel]);
+        const scalar_t* __restrict__ xr = px + r * inner;
+        scalar_t* __restrict__ yr = py + r * inner;
+        for (int64_t k = 0; k < inner; ++k) yr[k] = activate(static_cast<acc_t>(xr[k]) + b);
+        if (++channel == s.channels) channel = 0;
       }
     });
   });
@@ -53,8 +73,9 @@ at::Tensor bias_leaky_relu_backward_cpu(const at::Tensor& grad, const at::Tensor
     const acc_t up = static_cast<acc_t>(gain), down = static_cast<acc_t>(gain * negative_slope);
     at::parallel_for(0, gc.numel(), kGrainSize, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        // y > 0 exactly where x + bias > 0 (gain > 0); at 0 the slope, as torch's leaky_relu
-        pd[i] = static_cast<scalar_t>(static_cast<acc_t>(pg[i]) * (static_cast<acc_t>(py[i]) > 0 ? up : down));
+        // y > 0 exactly where x + bias > 0 (gain > 0); at 0 the slope, as torch's leaky_relu; branch-free
+        const acc_t positive = static_cast<acc_t>(static_cast<acc_t>(py[i]) > 0);
+        pd[i] = static_cast<scalar_t>(static_cast<acc_t>(pg[i]) * (positive * up + (1 - positive) * down));
       }
     });
   });

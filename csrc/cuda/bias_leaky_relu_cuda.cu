@@ -21,12 +21,13 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename scalar_t, typename acc_t>
+// index_t: 32-bit when n < 2^31 (the channel's division is far cheaper than a 64-bit one), else 64-bit
+template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
-bias_leaky_relu_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ bias, int64_t n,
-                       int64_t channels, int64_t inner, acc_t slope, acc_t gain, scalar_t* __restrict__ y) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+bias_leaky_relu_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ bias, index_t n,
+                       index_t channels, index_t inner, acc_t slope, acc_t gain, scalar_t* __restrict__ y) {
+  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
+  for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     acc_t v = static_cast<acc_t>(x[i]);
     if (bias) v += static_cast<acc_t>(bias[(i / inner) % channels]);
     y[i] = static_cast<scalar_t>((v > 0 ? v : v * slope) * gain);
@@ -63,9 +64,19 @@ at::Tensor bias_leaky_relu_cuda(const at::Tensor& x, const c10::optional<at::Ten
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "bias_leaky_relu_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    bias_leaky_relu_kernel<scalar_t, acc_t><<<blocks_for(n, x.get_device()), kThreads, 0, stream>>>(
-        xc.const_data_ptr<scalar_t>(), bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, n, s.channels,
-        s.inner, static_cast<acc_t>(negative_slope), static_cast<acc_t>(gain), y.mutable_data_ptr<scalar_t>());
+    const scalar_t* b = bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr;
+    const int blocks = blocks_for(n, x.get_device());
+    // the grid-stride index reaches n + stride: 32-bit only with that much headroom
+    if (n + static_cast<int64_t>(blocks) * kThreads < (int64_t{1} << 31)) {
+      bias_leaky_relu_kernel<scalar_t, acc_t, int32_t><<<blocks, kThreads, 0, stream>>>(
+          xc.const_data_ptr<scalar_t>(), b, static_cast<int32_t>(n), static_cast<int32_t>(s.channels),
+          static_cast<int32_t>(s.inner), static_cast<acc_t>(negative_slope), static_cast<acc_t>(gain),
+          y.mutable_data_ptr<scalar_t>());
+    } else {
+      bias_leaky_relu_kernel<scalar_t, acc_t, int64_t><<<blocks, kThreads, 0, stream>>>(
+          xc.const_data_ptr<scalar_t>(), b, n, s.channels, s.inner, static_cast<acc_t>(negative_slope),
+          static_cast<acc_t>(gain), y.mutable_data_ptr<scalar_t>());
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return y;

@@ -215,16 +215,11 @@ def _cubin_resources(cubin: bytes) -> dict:
 
 def cuda_resources() -> list[dict]:
     """Resources of every kernel in the built fastsn._C (empty when it has no CUDA code)."""
-    import fastsn._extension as ext
-    lib = ext.library_path() if hasattr(ext, "library_path") else None
-    if lib is None:
-        candidates = sorted((ROOT / "fastsn").glob("_C*.so"))
-        if not candidates:
-            import fastsn
-            candidates = sorted(pathlib.Path(fastsn.__file__).parent.glob("_C*.so"))
-        lib = str(candidates[0]) if candidates else None
-    if lib is None:
-        raise SystemExit("fastsn._C is not built")
+    try:
+        import fastsn._C as extension
+    except ImportError as error:
+        raise SystemExit(f"fastsn._C is not built: {error}")
+    lib = extension.__file__
     text = subprocess.run([cuobjdump(), "--dump-resource-usage", lib], capture_output=True, text=True).stdout
     rows = _parse_resources(text)
     for row in rows:

@@ -3,7 +3,6 @@ elements (x seen as (outer, C, inner) around ``dim``: the channel of flat index 
 for float16/bfloat16 and float64 for float64."""
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
@@ -11,7 +10,7 @@ import triton
 import triton.language as tl
 
 from fastsn.ops.bias_leaky_relu import check_bias_leaky_relu_args
-from fastsn.triton_kernels._scalars import scalars
+from fastsn.triton_kernels._common import acc_tl, on_device, scalars
 
 BLOCK = 1024
 WARPS = 4
@@ -42,12 +41,6 @@ def _bias_leaky_relu_backward_kernel(grad_ptr, y_ptr, dx_ptr, n, params_ptr, ACC
     tl.store(dx_ptr + offs, (g * scale).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _on_device(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def bias_leaky_relu_triton(x: torch.Tensor, bias: Optional[torch.Tensor], dim: int, negative_slope: float,
@@ -65,10 +58,10 @@ def bias_leaky_relu_triton(x: torch.Tensor, bias: Optional[torch.Tensor], dim: i
         for size in xc.shape[dim + 1:]:
             inner *= size
     b = bias.contiguous() if bias is not None else xc  # any pointer when HAS_BIAS is off
-    with _on_device(xc):
+    with on_device(xc):
         _bias_leaky_relu_kernel[(triton.cdiv(n, BLOCK),)](xc, b, y, n, channels, inner,
                                                           scalars(xc, float(negative_slope), float(gain)),
-                                                          bias is not None, _acc(xc.dtype), BLOCK, num_warps=WARPS)
+                                                          bias is not None, acc_tl(xc.dtype), BLOCK, num_warps=WARPS)
     return y
 
 
@@ -85,9 +78,9 @@ def bias_leaky_relu_backward_triton(grad: torch.Tensor, y: torch.Tensor, negativ
     n = gc.numel()
     if n == 0:
         return dx
-    with _on_device(gc):
+    with on_device(gc):
         _bias_leaky_relu_backward_kernel[(triton.cdiv(n, BLOCK),)](
-            gc, yc, dx, n, scalars(gc, float(gain), float(gain * negative_slope)), _acc(gc.dtype), BLOCK,
+            gc, yc, dx, n, scalars(gc, float(gain), float(gain * negative_slope)), acc_tl(gc.dtype), BLOCK,
             num_warps=WARPS)
     return dx
 

@@ -2,14 +2,13 @@
 BLOCK of x and adds its count to the output with one atomic; program 0 writes the header fields."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
 from fastsn.ops._checks import check_floating
 from fastsn.ops.build_info import ABI_VERSION, BACKEND_CODES, BUILD_INFO_FIELDS
+from fastsn.triton_kernels._common import acc_tl, on_device
 
 BLOCK = 1024
 
@@ -50,11 +49,9 @@ def build_info_triton(x: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(len(BUILD_INFO_FIELDS), dtype=torch.int64, device=x.device)
     grid = (max(1, triton.cdiv(n, BLOCK)),)
     device_index = x.device.index if x.device.type == "cuda" else -1
-    compute_dtype = tl.float64 if x.dtype == torch.float64 else tl.float32
-    on_gpu = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
-    with on_gpu:  # launch on x's GPU, on its current stream
+    with on_device(x):  # launch on x's GPU, on its current stream
         _build_info_kernel[grid](xc, out, n, device_index, x.element_size(), BACKEND_CODES["triton"],
-                                 ABI_VERSION, compute_dtype, BLOCK)
+                                 ABI_VERSION, acc_tl(x.dtype), BLOCK)
     return out
 
 

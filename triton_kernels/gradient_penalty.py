@@ -3,14 +3,13 @@ its squares over BLOCK-wide chunks, computes phi and writes its row of d penalty
 is still in L2); the mean of phi over the batch is one torch sum in the accumulation dtype (deterministic)."""
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
 from fastsn.ops.gradient_penalty import check_gradient_penalty_head_args, opmath_dtype
-from fastsn.triton_kernels._scalars import scalars
+from fastsn.triton_kernels._common import acc_tl, on_device, scalars
 
 BLOCK = 1024
 WARPS = 4
@@ -47,9 +46,6 @@ def _penalty_rows_kernel(grad_ptr, d_grad_ptr, phi_ptr, params_ptr, features, MO
     tl.store(phi_ptr + tl.program_id(0), phi.to(ACC))
 
 
-def _on_device(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
 
 def gradient_penalty_head_triton(grad: torch.Tensor, mode: int, weight: float, center: float
                                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,9 +57,9 @@ def gradient_penalty_head_triton(grad: torch.Tensor, mode: int, weight: float, c
     d_grad = torch.empty_like(g, memory_format=torch.contiguous_format)
     phi = torch.empty(batch, dtype=acc, device=g.device)
     scale = weight / batch
-    with _on_device(g):
+    with on_device(g):
         _penalty_rows_kernel[(batch,)](g, d_grad, phi, scalars(g, float(center), scale), features, int(mode),
-                                       tl.float64 if acc == torch.float64 else tl.float32, BLOCK, num_warps=WARPS)
+                                       acc_tl(g.dtype), BLOCK, num_warps=WARPS)
     return phi.sum() * scale, d_grad  # phi in acc: the sum and the product stay in float32 (float64)
 
 

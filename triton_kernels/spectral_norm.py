@@ -46,7 +46,6 @@ Offsets into W are int64 everywhere; matrix sides must stay below 2^31 - 2^16; a
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import NamedTuple
 
@@ -56,6 +55,7 @@ import triton.language as tl
 
 from fastsn.ops._checks import check_floating, check_tensor
 from fastsn.ops.spectral_norm import check_power_iteration_args, opmath_dtype, split_grouped_vectors
+from fastsn.triton_kernels._common import acc_tl, on_device
 
 OP = "fastsn::spectral_norm"
 
@@ -334,12 +334,6 @@ def backward_config(w: int, dtype: torch.dtype) -> tuple[int, int, int]:
     return tile // block_w, block_w, _warps(tile)
 
 
-def _acc_tl(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _on_device(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 _MAX_SIDE = 2**31 - 2**16  # rows and columns are int32 in the kernels (offsets are int64)
@@ -406,14 +400,14 @@ def spectral_norm_power_iteration_triton(weight: torch.Tensor, u: torch.Tensor, 
     h, w = view.h, view.w
     block_h, block_w, warps = pass_config(view, wc.dtype)
     grid = (triton.cdiv(h, block_h),)
-    acc_tl = _acc_tl(wc.dtype)
+    acc_kind = acc_tl(wc.dtype)
     geometry = (h, w, view.row_stride, view.col_stride, view.inner, view.slab)
     layout = (view.row_div, view.col_div)
 
-    with _on_device(wc):
+    with on_device(wc):
         if n_iter == 0:  # sigma = u . (M v) (sigma is zeroed), copies on the way
             _sn_pass_kernel[grid](wc, col_vec, col_vec.stride(0), row_vec, row_vec.stride(0), sigma, sigma, sigma,
-                                  col_copy, row_copy, *geometry, PASS_BILINEAR, *layout, acc_tl, block_h, block_w,
+                                  col_copy, row_copy, *geometry, PASS_BILINEAR, *layout, acc_kind, block_h, block_w,
                                   num_warps=warps)
             return sigma, u_copy, v_copy
 
@@ -424,10 +418,10 @@ def spectral_norm_power_iteration_triton(weight: torch.Tensor, u: torch.Tensor, 
         for it in range(n_iter):
             x = col_vec if it == 0 else v_acc  # (w,): the input v, then the workspace's
             _sn_pass_kernel[grid](wc, x, x.stride(0), row_vec, row_vec.stride(0), s, r, ssq, col_copy, row_copy,
-                                  *geometry, PASS_FUSED, *layout, acc_tl, block_h, block_w, num_warps=warps)
+                                  *geometry, PASS_FUSED, *layout, acc_kind, block_h, block_w, num_warps=warps)
             _sn_finalize_kernel[(1,)](r, v_acc, s, ssq, sigma, row_vec, row_vec.stride(0), col_vec,
                                       col_vec.stride(0), row_copy, col_copy, h, w, float(eps), it == n_iter - 1,
-                                      acc_tl, FINALIZE_BLOCK, num_warps=FINALIZE_WARPS)
+                                      acc_kind, FINALIZE_BLOCK, num_warps=FINALIZE_WARPS)
     return sigma, u_copy, v_copy
 
 
@@ -452,8 +446,8 @@ def spectral_norm_normalize_triton(weight: torch.Tensor, u: torch.Tensor, v: tor
     n = wc.numel()
     if n == 0:
         return out
-    with _on_device(wc):
-        _sn_normalize_kernel[(triton.cdiv(n, NORMALIZE_BLOCK),)](wc, sigma, out, n, float(eps), _acc_tl(wc.dtype),
+    with on_device(wc):
+        _sn_normalize_kernel[(triton.cdiv(n, NORMALIZE_BLOCK),)](wc, sigma, out, n, float(eps), acc_tl(wc.dtype),
                                                                  NORMALIZE_BLOCK, num_warps=NORMALIZE_WARPS)
     return out
 
@@ -486,7 +480,7 @@ def spectral_norm_normalize_backward_triton(grad: torch.Tensor, weight: torch.Te
     if n == 0:
         return out
     acc = opmath_dtype(wc.dtype)
-    acc_tl = _acc_tl(wc.dtype)
+    acc_kind = acc_tl(wc.dtype)
     n_parts = min(triton.cdiv(n, DOT_BLOCK), NUM_PARTIALS)
     partials = torch.empty(n_parts, dtype=acc, device=wc.device)
     view = _matrix_view(wc, dim)
@@ -496,12 +490,12 @@ def spectral_norm_normalize_backward_triton(grad: torch.Tensor, weight: torch.Te
     row_vec, col_vec = (v, u) if view.transposed else (u, v)
     block_h, block_w, warps = backward_config(view.w, wc.dtype)
     n_wtiles = triton.cdiv(view.w, block_w)
-    with _on_device(wc):
-        _sn_dot_partials_kernel[(n_parts,)](gc, wc, partials, n, acc_tl, DOT_BLOCK, num_warps=DOT_WARPS)
+    with on_device(wc):
+        _sn_dot_partials_kernel[(n_parts,)](gc, wc, partials, n, acc_kind, DOT_BLOCK, num_warps=DOT_WARPS)
         _sn_normalize_backward_kernel[(triton.cdiv(view.h, block_h) * n_wtiles,)](
             gc, row_vec, row_vec.stride(0), col_vec, col_vec.stride(0), sigma, partials, n_parts, out,
             view.h, view.w, view.row_stride, view.col_stride, view.inner, view.slab, n_wtiles, float(eps),
-            view.row_div, view.col_div, acc_tl, NUM_PARTIALS, block_h, block_w, num_warps=warps)
+            view.row_div, view.col_div, acc_kind, NUM_PARTIALS, block_h, block_w, num_warps=warps)
     return out
 
 
@@ -540,15 +534,7 @@ def spectral_norm_grouped_normalize_backward_triton(grads, weights, us, vs, sigm
     return [spectral_norm_normalize_backward_triton(*args) for args in zip(grads, weights, u, v, sigma, dims, eps)]
 
 
-torch.library.register_kernel("fastsn::spectral_norm_power_iteration_triton", ("cuda", "cpu"))(
-    spectral_norm_power_iteration_triton)
-torch.library.register_kernel("fastsn::spectral_norm_normalize_triton", ("cuda", "cpu"))(
-    spectral_norm_normalize_triton)
-torch.library.register_kernel("fastsn::spectral_norm_normalize_backward_triton", ("cuda", "cpu"))(
-    spectral_norm_normalize_backward_triton)
-torch.library.register_kernel("fastsn::spectral_norm_grouped_power_iteration_triton", ("cuda", "cpu"))(
-    spectral_norm_grouped_power_iteration_triton)
-torch.library.register_kernel("fastsn::spectral_norm_grouped_normalize_triton", ("cuda", "cpu"))(
-    spectral_norm_grouped_normalize_triton)
-torch.library.register_kernel("fastsn::spectral_norm_grouped_normalize_backward_triton", ("cuda", "cpu"))(
-    spectral_norm_grouped_normalize_backward_triton)
+for _kernel in (spectral_norm_power_iteration_triton, spectral_norm_normalize_triton,
+                spectral_norm_normalize_backward_triton, spectral_norm_grouped_power_iteration_triton,
+                spectral_norm_grouped_normalize_triton, spectral_norm_grouped_normalize_backward_triton):
+    torch.library.register_kernel(f"fastsn::{_kernel.__name__}", ("cuda", "cpu"))(_kernel)

@@ -1,6 +1,7 @@
 // Shared by the CPU and CUDA spectral norm kernels: the matrix view of a weight and the argument checks.
 #pragma once
 
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -72,6 +73,23 @@ inline void check_normalize_args(const at::Tensor& weight, const at::Tensor& u, 
 inline void check_group_sizes(size_t n, std::initializer_list<std::pair<const char*, size_t>> lists, const char* op) {
   for (const auto& [arg, size] : lists) {
     TORCH_CHECK(size == n, op, "(): argument '", arg, "' must hold one entry per weight (", n, "), got ", size);
+  }
+}
+
+// The grouped power iteration's lists: one entry per weight, at least one weight, one device and dtype.
+inline void check_grouped_power_iteration_args(at::TensorList weights, at::TensorList us, at::TensorList vs,
+                                               at::IntArrayRef dims, at::IntArrayRef n_power_iterations,
+                                               at::ArrayRef<double> eps, const c10::List<bool>& u_first) {
+  const char* op = "fastsn::spectral_norm_grouped_power_iteration";
+  check_group_sizes(weights.size(), {{"us", us.size()}, {"vs", vs.size()}, {"dims", dims.size()},
+                                     {"n_power_iterations", n_power_iterations.size()}, {"eps", eps.size()},
+                                     {"u_first", u_first.size()}},
+                    op);
+  TORCH_CHECK(!weights.empty(), op, "(): argument 'weights' must not be empty");
+  for (const at::Tensor& weight : weights) {
+    TORCH_CHECK(weight.device() == weights[0].device() && weight.scalar_type() == weights[0].scalar_type(), op,
+                "(): argument 'weights' must share one device and dtype, got ", weights[0].device(), "/",
+                weights[0].scalar_type(), " and ", weight.device(), "/", weight.scalar_type());
   }
 }
 

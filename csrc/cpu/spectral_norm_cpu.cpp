@@ -273,25 +273,13 @@ at::Tensor normalize_backward_cpu(const at::Tensor& grad, const at::Tensor& weig
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_power_iteration_cpu(
     at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
     at::IntArrayRef n_power_iterations, at::ArrayRef<double> eps, const c10::List<bool>& u_first) {
-  const char* op = "fastsn::spectral_norm_grouped_power_iteration";
-  check_group_sizes(weights.size(), {{"us", us.size()}, {"vs", vs.size()}, {"dims", dims.size()},
-                                     {"n_power_iterations", n_power_iterations.size()}, {"eps", eps.size()},
-                                     {"u_first", u_first.size()}},
-                    op);
-  TORCH_CHECK(!weights.empty(), op, "(): argument 'weights' must not be empty");
+  check_grouped_power_iteration_args(weights, us, vs, dims, n_power_iterations, eps, u_first);
   const size_t n = weights.size();
-  std::vector<bool> u_first_values(n);
-  for (size_t k = 0; k < n; ++k) {
-    TORCH_CHECK(weights[k].scalar_type() == weights[0].scalar_type(), op,
-                "(): argument 'weights' must share one dtype, got ", weights[0].scalar_type(), " and ",
-                weights[k].scalar_type());
-    u_first_values[k] = u_first.get(k);
-  }
   std::vector<at::Tensor> sigmas(n), u_copies(n), v_copies(n);
   for (size_t k = 0; k < n; ++k) {
     at::Tensor u = us[k], v = vs[k];  // handles sharing the caller's storage: updated in place
     std::tie(sigmas[k], u_copies[k], v_copies[k]) =
-        power_iteration_cpu(weights[k], u, v, dims[k], n_power_iterations[k], eps[k], u_first_values[k]);
+        power_iteration_cpu(weights[k], u, v, dims[k], n_power_iterations[k], eps[k], u_first.get(k));
     sigmas[k] = sigmas[k].reshape({1});
   }
   return {at::cat(sigmas), at::cat(u_copies), at::cat(v_copies)};

@@ -468,13 +468,7 @@ void run_power_iterations(std::vector<PowerIterationJob>& jobs, cudaStream_t str
 
 void run_jobs(std::vector<PowerIterationJob>& jobs) {
   if (jobs.empty()) return;
-  const at::Tensor& first = jobs.front().weight;
-  for (const PowerIterationJob& job : jobs) {
-    TORCH_CHECK(job.weight.device() == first.device() && job.weight.scalar_type() == first.scalar_type(),
-                "fastsn::spectral_norm_grouped_power_iteration(): argument 'weights' must share one device and "
-                "dtype, got ", first.device(), "/", first.scalar_type(), " and ", job.weight.device(), "/",
-                job.weight.scalar_type());
-  }
+  const at::Tensor& first = jobs.front().weight;  // one device and dtype: check_grouped_power_iteration_args
   const c10::cuda::CUDAGuard guard(first.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(first.get_device()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "spectral_norm_power_iteration",
@@ -493,12 +487,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> power_iteration_cuda(const at::Te
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_power_iteration_cuda(
     at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
     at::IntArrayRef n_power_iterations, at::ArrayRef<double> eps, const c10::List<bool>& u_first) {
-  const char* op = "fastsn::spectral_norm_grouped_power_iteration";
-  check_group_sizes(weights.size(), {{"us", us.size()}, {"vs", vs.size()}, {"dims", dims.size()},
-                                     {"n_power_iterations", n_power_iterations.size()}, {"eps", eps.size()},
-                                     {"u_first", u_first.size()}},
-                    op);
-  TORCH_CHECK(!weights.empty(), op, "(): argument 'weights' must not be empty");
+  check_grouped_power_iteration_args(weights, us, vs, dims, n_power_iterations, eps, u_first);
   int64_t total_h = 0, total_w = 0;
   for (size_t k = 0; k < weights.size(); ++k) {
     total_h += us[k].numel();

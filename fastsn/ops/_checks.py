@@ -1,8 +1,13 @@
 """Argument checks for the Python-side backends (reference and Triton), worded as the C++ TORCH_CHECKs,
-so that every backend rejects bad input with the same message."""
+so that every backend rejects bad input with the same message; and the accumulation-dtype rule they share."""
 import torch
 
 FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of a tensor dtype: float64 stays, everything else computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_tensor(t: object, op: str, arg: str) -> None:

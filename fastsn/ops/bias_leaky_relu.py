@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fastsn import _backend, _extension
-from fastsn.ops._checks import check_floating, check_tensor
+from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
 
 OP = "fastsn::bias_leaky_relu"
 
@@ -55,7 +55,7 @@ def bias_leaky_relu_ref(x: torch.Tensor, bias: Optional[torch.Tensor] = None, ne
         y, x's shape and dtype (computed in float32 for float16/bfloat16).
     """
     dim = check_bias_leaky_relu_args(x, bias, dim, gain)
-    opmath = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    opmath = opmath_dtype(x.dtype)
     v = x.to(opmath)
     if bias is not None:
         shape = [1] * x.dim()
@@ -67,7 +67,7 @@ def bias_leaky_relu_ref(x: torch.Tensor, bias: Optional[torch.Tensor] = None, ne
 def bias_leaky_relu_backward_ref(grad: torch.Tensor, y: torch.Tensor, negative_slope: float = 0.2,
                                  gain: float = 1.0) -> torch.Tensor:
     """Pure-PyTorch reference of the backward: grad * gain * where(y > 0, 1, negative_slope), y's shape."""
-    opmath = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else grad.dtype
+    opmath = opmath_dtype(grad.dtype)
     scale = torch.where(y > 0, gain, gain * negative_slope).to(opmath)
     return (grad.to(opmath) * scale).to(grad.dtype)
 

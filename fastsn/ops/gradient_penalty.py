@@ -13,14 +13,10 @@ from typing import Optional
 import torch
 
 from fastsn import _backend, _extension
-from fastsn.ops._checks import check_floating, check_tensor
+from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
 
 OP = "fastsn::gradient_penalty_head"
 MODES = {"wgan-gp": 0, "dragan": 0, "wgan-lp": 1, "r1": 2, "r2": 2}
-
-
-def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_gradient_penalty_head_args(grad: torch.Tensor, mode: int, op: str = OP) -> None:
@@ -89,9 +85,10 @@ def gradient_penalty_head(grad: torch.Tensor, mode: int, weight: float, center: 
     Returns:
         The penalty, a scalar (float32, or float64 for float64 grad), differentiable in grad (to any order).
     """
-    check_gradient_penalty_head_args(grad, mode)
+    check_tensor(grad, OP, "grad")
     name = _backend.resolve("gradient_penalty", grad.device, backend)
     if name == "ref":
+        check_gradient_penalty_head_args(grad, mode)  # the kernels check their own arguments
         return _penalty_ref(grad, mode, weight, center)
     op = torch.ops.fastsn.gradient_penalty_head_triton if name == "triton" else torch.ops.fastsn.gradient_penalty_head
     penalty, _ = op(grad, int(mode), float(weight), float(center))

@@ -27,14 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from fastsn import _backend, _extension
-from fastsn.ops._checks import check_floating, check_tensor
+from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
 
 OP = "fastsn::spectral_norm"
-
-
-def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The accumulation dtype of a weight dtype: float64 stays, everything else computes in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def weight_to_matrix(weight: torch.Tensor, dim: int) -> torch.Tensor:

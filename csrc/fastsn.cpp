@@ -70,4 +70,15 @@ TORCH_LIBRARY(fastsn, m) {
   m.def("gradient_penalty_head_triton(Tensor grad, int mode, float weight, float center)"
         " -> (Tensor penalty, Tensor d_grad)",
         {at::Tag::pt2_compliant_tag});
+
+  // Interpolation of the WGAN-GP/WGAN-LP/DRAGAN penalty points (fastsn/ops/interpolate.py): out_i = eps_i * real_i
+  // + (1 - eps_i) * fake_i, one factor per sample (eps (B,), drawn by the caller), one pass. The backward is an op:
+  // (grad_real, grad_fake) = (eps_i * grad_i, (1 - eps_i) * grad_i), and its own backward is interpolate itself.
+#define FASTSN_INTERPOLATE_SCHEMAS(SUFFIX)                                                                      \
+  m.def("interpolate" SUFFIX "(Tensor real, Tensor fake, Tensor eps) -> Tensor", {at::Tag::pt2_compliant_tag});  \
+  m.def("interpolate_backward" SUFFIX "(Tensor grad, Tensor eps) -> (Tensor grad_real, Tensor grad_fake)",       \
+        {at::Tag::pt2_compliant_tag});
+  FASTSN_INTERPOLATE_SCHEMAS("")
+  FASTSN_INTERPOLATE_SCHEMAS("_triton")
+#undef FASTSN_INTERPOLATE_SCHEMAS
 }

@@ -24,6 +24,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from fastsn.ops.gradient_penalty import MODES, gradient_penalty_head
+from fastsn.ops.interpolate import draw_eps, interpolate
 
 KINDS = ("wgan-gp", "wgan-lp", "r1", "r2", "dragan")
 CONVENTIONS = ("stylegan2", "mescheder")
@@ -64,15 +65,10 @@ def _check_inputs(kinds: tuple[str, ...], real: Optional[torch.Tensor], fake: Op
                              f"{real.device} and {fake.device}")
 
 
-def _per_sample_uniform(like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """e ~ U[0, 1), one per sample, shaped (B, 1, ..., 1) to broadcast over ``like``."""
-    shape = (like.shape[0],) + (1,) * (like.dim() - 1)
-    return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
-
-
 def penalty_inputs(kinds: tuple[str, ...], real: Optional[torch.Tensor], fake: Optional[torch.Tensor],
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """The points where the penalty differentiates D, detached from real and fake's graphs.
+    """The points where the penalty differentiates D, detached from real and fake's graphs. Interpolates come from
+    the fused op :func:`fastsn.ops.interpolate` (one factor per sample, drawn from ``generator``).
 
     Returns:
         (B, ...) for one kind; (2B, ...) = cat([real, fake]) for ("r1", "r2").
@@ -88,9 +84,8 @@ def penalty_inputs(kinds: tuple[str, ...], real: Optional[torch.Tensor], fake: O
         x = real.detach()
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         perturbed = x + 0.5 * x.std() * noise
-        return x + _per_sample_uniform(x, generator) * (perturbed - x)
-    e = _per_sample_uniform(real, generator)
-    return e * real.detach() + (1 - e) * fake.detach()
+        return interpolate(perturbed, x, draw_eps(x, generator))  # x + e_i * (perturbed - x)
+    return interpolate(real.detach(), fake.detach(), draw_eps(real, generator))
 
 
 def _scores(discriminator: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

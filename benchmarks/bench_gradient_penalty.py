@@ -2,13 +2,16 @@
 penalty, backward to D's parameters), fastsn.gradient_penalty against the plain PyTorch formulation.
 
 Providers: "torch" (the textbook code: per-sample interpolation, ``autograd.grad(create_graph=True)``, per-sample
-norms; R1 + R2 as two passes) and "fastsn" (``fastsn.gradient_penalty``; R1 + R2 as one batched pass over
-cat([real, fake])). The fused penalty kernels of issue 4 are not in yet: "fastsn" is pure PyTorch today, so the
-ratios show the batched R1 + R2 and the overhead of the checks. Discriminators: the 2-D toy MLP (batch 512) and the
-DCGAN 64x64 discriminator (batch 64, and 256 on a GPU); torch.compile is not a provider (it cannot trace the
-double backward).
+norms; R1 + R2 as two passes), "fastsn" (``fastsn.gradient_penalty`` on the same discriminator: the fused
+interpolation and penalty-head ops; R1 + R2 as one batched pass over cat([real, fake])) and "fastsn-fused-d" (the
+same, with D's bias + LeakyReLU pairs replaced by ``fastsn.nn.FusedLeakyReLU``: the same function and parameters,
+the bias moved from the layer into the activation, so the double backward through D runs fastsn's activation
+kernels). Discriminators: the 2-D toy MLP (batch 512) and the DCGAN 64x64 discriminator (batch 64, and 256 on a
+GPU); torch.compile is not a provider (it cannot trace the double backward).
 """
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ import torch
 import fastsn
 from conftest import device_name, synchronized
 
-PROVIDERS = ("torch", "fastsn")
+PROVIDERS = ("torch", "fastsn", "fastsn-fused-d")
 
 
 def toy_mlp() -> torch.nn.Module:
@@ -31,6 +34,25 @@ def dcgan64(ch: int = 64) -> torch.nn.Module:
         layers += [torch.nn.Conv2d(cin, cout, 4, 2, 1), torch.nn.LeakyReLU(0.2)]
         cin = cout
     return torch.nn.Sequential(*layers, torch.nn.Conv2d(cin, 1, 4, 1, 0), torch.nn.Flatten(0))
+
+
+def fuse_activations(model: torch.nn.Sequential) -> torch.nn.Sequential:
+    """A copy of ``model`` where each (Linear or Conv2d with bias, LeakyReLU) pair becomes (the layer without
+    bias, FusedLeakyReLU holding that bias, gain 1): the same function of the same parameter values."""
+    layers = list(model)
+    fused = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, torch.nn.LeakyReLU) and fused and getattr(fused[-1], "bias", None) is not None:
+            previous = fused[-1]
+            activation = fastsn.nn.FusedLeakyReLU(previous.out_channels if isinstance(previous, torch.nn.Conv2d)
+                                                  else previous.out_features, layer.negative_slope, scale=1.0)
+            with torch.no_grad():
+                activation.bias.copy_(previous.bias)
+            previous.bias = None
+            fused.append(activation)
+        else:
+            fused.append(copy.deepcopy(layer))
+    return torch.nn.Sequential(*fused)
 
 
 CASES = {  # name: (factory, sample shape, batch per device)
@@ -62,6 +84,8 @@ def test_penalty_step(benchmark, provider, device, case, kind):
         pytest.skip(f"{case} runs on {sorted(batches)} only")
     torch.manual_seed(0)
     model = factory().to(device)
+    if provider == "fastsn-fused-d":
+        model = fuse_activations(model)
     batch = batches[device]
     real, fake = torch.randn(batch, *sample, device=device), torch.randn(batch, *sample, device=device)
     fastsn_kind = ("r1", "r2") if kind == "r1+r2" else kind

@@ -54,18 +54,32 @@ def _param_grads(model):
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
 
 
+def _twins(factory, with_sn: bool, device):
+    """D for fastsn and its pure-PyTorch twin with the same parameters (and u, v): torch's spectral norm in the twin.
+    With spectral norm both are in eval mode, so u and v stay fixed and the per-sample reference sees D's sigma."""
+    torch.manual_seed(0)
+    if not with_sn:
+        model = factory().double().to(device)
+        return model, copy.deepcopy(model)
+    model = factory(fastsn.spectral_norm).double().to(device).eval()
+    twin = factory(torch.nn.utils.parametrizations.spectral_norm).double().to(device).eval()
+    twin.load_state_dict(model.state_dict())
+    return model, twin
+
+
+@pytest.mark.parametrize("with_sn", [False, True], ids=["plain", "sn"])
 @pytest.mark.parametrize("name", list(DISCRIMINATORS))
 @pytest.mark.parametrize("kind", KINDS)
-def test_value_and_parameter_gradients_match_per_sample_reference(name, kind):
+def test_value_and_parameter_gradients_match_per_sample_reference(backend_device, name, kind, with_sn):
+    backend, device = backend_device
     factory, shape = DISCRIMINATORS[name]
-    torch.manual_seed(0)
-    model = factory().double()
-    twin = copy.deepcopy(model)
-    real, fake = _data(shape, torch.float64)
-    generator = torch.Generator().manual_seed(7)
-    penalty = fastsn.gradient_penalty(model, real, fake, kind=kind, weight=3.0, center=0.7, generator=generator)
-    penalty.backward()
-    x = penalty_inputs((kind,), real, fake, torch.Generator().manual_seed(7))  # the same draws
+    model, twin = _twins(factory, with_sn, device)
+    real, fake = _data(shape, torch.float64, device)
+    with fastsn.use_backend(backend):  # the penalty ops and D's spectral norms on this backend
+        penalty = fastsn.gradient_penalty(model, real, fake, kind=kind, weight=3.0, center=0.7,
+                                          generator=torch.Generator(device).manual_seed(7))
+        penalty.backward()
+    x = penalty_inputs((kind,), real, fake, torch.Generator(device).manual_seed(7))  # the same draws
     expected = reference_penalty(twin, x, kind, 3.0, 0.7)
     expected.backward()
     assert penalty.shape == () and penalty.dtype == torch.float64

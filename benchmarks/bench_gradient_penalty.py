@@ -101,6 +101,10 @@ def test_penalty_step(benchmark, provider, device, case, kind):
 
     timed = synchronized(step, device)
     timed()  # warm-up
+    if device == "cuda":  # the GPU target: peak memory no higher than the plain formulation's
+        torch.cuda.reset_peak_memory_stats()
+        timed()
+        benchmark.extra_info["peak_bytes"] = torch.cuda.max_memory_allocated()
     benchmark.group = f"gradient_penalty {kind} {case} {device} b={batch}"
     benchmark.extra_info.update(provider=provider, device=device_name(device), batch=batch)
     assert torch.isfinite(benchmark(timed))

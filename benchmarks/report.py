@@ -91,6 +91,9 @@ def summary(results: dict[str, Any], ceilings: Optional[dict[str, Any]] = None) 
     """One markdown table: every fastsn provider of every group, with its median, both ratios and, when
     ``ceilings`` is given, its floor."""
     head, rule = (" floor | of floor |", "---|---|") if ceilings else ("", "")
+    peaks = any("peak_bytes" in b.get("extra_info", {}) for b in results["benchmarks"])
+    if peaks:  # GPU runs that recorded peak memory (torch.cuda.max_memory_allocated)
+        head, rule = head + " peak memory | vs torch |", rule + "---|---|"
     lines = ["| case | provider | median | vs torch | vs torch.compile |" + head, "|---|---|---|---|---|" + rule]
     groups: dict[str, dict[str, dict[str, Any]]] = {}
     for bench in results["benchmarks"]:
@@ -102,8 +105,18 @@ def summary(results: dict[str, Any], ceilings: Optional[dict[str, Any]] = None) 
                 median = _median(bench)
                 lines.append(f"| {group} | {provider} | {_format_time(median)} | {_ratio(base['torch'], median)} | "
                              f"{_ratio(base['torch.compile'], median)} |" + (_floor_cells(bench, ceilings)
-                                                                              if ceilings else ""))
+                                                                              if ceilings else "")
+                             + (_peak_cells(bench, by_provider.get("torch")) if peaks else ""))
     return "\n".join(lines)
+
+
+def _peak_cells(bench: dict[str, Any], torch_bench: Optional[dict[str, Any]]) -> str:
+    """Peak memory of a case and its ratio to torch's (above 1: fastsn needs more)."""
+    peak = bench.get("extra_info", {}).get("peak_bytes")
+    base = (torch_bench or {}).get("extra_info", {}).get("peak_bytes")
+    if peak is None:
+        return " - | - |"
+    return f" {peak / 2**20:.1f} MiB | {f'{peak / base:.2f}x' if base else '-'} |"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -37,6 +37,14 @@ def test_summary_lists_fastsn_providers_only():
     assert "| torch |" not in text
 
 
+def test_summary_shows_peak_memory_against_torch_when_recorded():
+    torch_run, fastsn_run = _bench("torch", 4e-3), _bench("fastsn", 2e-3)
+    torch_run["extra_info"]["peak_bytes"], fastsn_run["extra_info"]["peak_bytes"] = 8 * 2**20, 6 * 2**20
+    text = report.summary({"benchmarks": [torch_run, fastsn_run]})
+    assert "peak memory | vs torch |" in text
+    assert "| case cpu | fastsn | 2 ms | 2.00x | - | 6.0 MiB | 0.75x |" in text
+
+
 def test_floor_is_bytes_over_the_measured_bandwidth():
     bench = _bench("fastsn-cpu", 2e-3)
     bench["extra_info"]["bytes"] = 10**9

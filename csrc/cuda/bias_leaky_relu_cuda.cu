@@ -15,6 +15,7 @@
 
 #include "common/bias_leaky_relu.h"
 #include "common/checks.h"
+#include "common/cuda_grid.cuh"
 
 namespace fastsn {
 namespace {
@@ -44,13 +45,6 @@ bias_leaky_relu_backward_kernel(const scalar_t* __restrict__ grad, const scalar_
   }
 }
 
-int blocks_for(int64_t n, int device) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  // enough blocks to fill the GPU a few times over; the grid-stride loop covers the rest
-  return static_cast<int>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 8 * static_cast<int64_t>(sms)));
-}
-
 at::Tensor bias_leaky_relu_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& bias, int64_t dim,
                                 double negative_slope, double gain) {
   check_device(x, c10::DeviceType::CUDA, "fastsn::bias_leaky_relu", "x");
@@ -65,7 +59,7 @@ at::Tensor bias_leaky_relu_cuda(const at::Tensor& x, const c10::optional<at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "bias_leaky_relu_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* b = bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr;
-    const int blocks = blocks_for(n, x.get_device());
+    const int blocks = grid_stride_blocks(n, kThreads, x.get_device());
     // the grid-stride index reaches n + stride: 32-bit only with that much headroom
     if (n + static_cast<int64_t>(blocks) * kThreads < (int64_t{1} << 31)) {
       bias_leaky_relu_kernel<scalar_t, acc_t, int32_t><<<blocks, kThreads, 0, stream>>>(
@@ -94,7 +88,8 @@ at::Tensor bias_leaky_relu_backward_cuda(const at::Tensor& grad, const at::Tenso
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(grad.get_device()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gc.scalar_type(), "bias_leaky_relu_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    bias_leaky_relu_backward_kernel<scalar_t, acc_t><<<blocks_for(n, grad.get_device()), kThreads, 0, stream>>>(
+    const int blocks = grid_stride_blocks(n, kThreads, grad.get_device());
+    bias_leaky_relu_backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
         gc.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(), n, static_cast<acc_t>(gain),
         static_cast<acc_t>(gain * negative_slope), dx.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

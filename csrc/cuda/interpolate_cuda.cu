@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "common/checks.h"
+#include "common/cuda_grid.cuh"
 #include "common/interpolate.h"
 
 namespace fastsn {
@@ -47,13 +48,6 @@ interpolate_backward_kernel(const scalar_t* __restrict__ grad, const acc_t* __re
   }
 }
 
-int blocks_for(int64_t n, int device) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  // enough blocks to fill the GPU a few times over; the grid-stride loop covers the rest
-  return static_cast<int>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 8 * static_cast<int64_t>(sms)));
-}
-
 bool fits_int32(int64_t n, int blocks) { return n + static_cast<int64_t>(blocks) * kThreads < (int64_t{1} << 31); }
 
 at::Tensor interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
@@ -69,7 +63,7 @@ at::Tensor interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.scalar_type(), "interpolate_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor e = eps.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const int blocks = blocks_for(n, real.get_device());
+    const int blocks = grid_stride_blocks(n, kThreads, real.get_device());
     if (fits_int32(n, blocks)) {
       interpolate_kernel<scalar_t, acc_t, int32_t><<<blocks, kThreads, 0, stream>>>(
           r.const_data_ptr<scalar_t>(), f.const_data_ptr<scalar_t>(), e.const_data_ptr<acc_t>(),
@@ -98,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor> interpolate_backward_cuda(const at::Tensor& g
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "interpolate_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor e = eps.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const int blocks = blocks_for(n, grad.get_device());
+    const int blocks = grid_stride_blocks(n, kThreads, grad.get_device());
     if (fits_int32(n, blocks)) {
       interpolate_backward_kernel<scalar_t, acc_t, int32_t><<<blocks, kThreads, 0, stream>>>(
           g.const_data_ptr<scalar_t>(), e.const_data_ptr<acc_t>(), static_cast<int32_t>(n),

@@ -25,6 +25,7 @@
 
 #include <algorithm>
 
+#include "common/cuda_grid.cuh"
 #include "common/spectral_norm.h"
 
 namespace fastsn {
@@ -301,16 +302,6 @@ __global__ void widen_kernel(const scalar_t* __restrict__ x, int64_t n, acc_t* _
   }
 }
 
-int sm_count(int device) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
-
-int blocks_for(int64_t n, int threads, int device) {
-  return static_cast<int>(std::clamp<int64_t>((n + threads - 1) / threads, 1, 8 * sm_count(device)));
-}
-
 template <typename scalar_t>
 void power_iteration_large(const at::Tensor& w_c, Geometry g, const at::Tensor& u_c, const at::Tensor& v_c,
                            scalar_t* u_inplace, scalar_t* v_inplace, at::Tensor& u_copy, at::Tensor& v_copy,
@@ -329,9 +320,11 @@ void power_iteration_large(const at::Tensor& w_c, Geometry g, const at::Tensor& 
   acc_t* v_acc = s + h;
   acc_t* partial = v_acc + w;
   const scalar_t* wp = w_c.const_data_ptr<scalar_t>();
-  widen_kernel<<<blocks_for(h, kThreads, device), kThreads, 0, stream>>>(u_c.const_data_ptr<scalar_t>(), h, u_acc);
+  widen_kernel<<<grid_stride_blocks(h, kThreads, device), kThreads, 0, stream>>>(u_c.const_data_ptr<scalar_t>(), h,
+                                                                                 u_acc);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  widen_kernel<<<blocks_for(w, kThreads, device), kThreads, 0, stream>>>(v_c.const_data_ptr<scalar_t>(), w, v_acc);
+  widen_kernel<<<grid_stride_blocks(w, kThreads, device), kThreads, 0, stream>>>(v_c.const_data_ptr<scalar_t>(), w,
+                                                                                 v_acc);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const dim3 row_grid(static_cast<unsigned>(std::max<int64_t>(1, (h + kThreads / 32 - 1) / (kThreads / 32))));
   const dim3 column_grid(static_cast<unsigned>(std::max<int64_t>(column_tiles, 1)), static_cast<unsigned>(slices));
@@ -652,7 +645,7 @@ std::vector<at::Tensor> run_normalize(at::TensorList grads, at::TensorList weigh
       }
       const unsigned count = static_cast<unsigned>(end - begin);
       // blocks per weight: enough for the largest to fill the GPU, at most 1024 (the backward's partials)
-      const int blocks = std::min(blocks_for(largest, kThreads, device), 1024);
+      const int blocks = std::min(grid_stride_blocks(largest, kThreads, device), 1024);
       const dim3 grid(static_cast<unsigned>(blocks), count);
       if (!backward) {
         normalize_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(tasks);

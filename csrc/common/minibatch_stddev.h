@@ -43,6 +43,8 @@ inline MinibatchStddevShape check_minibatch_stddev_args(const at::Tensor& x, int
   TORCH_CHECK(s.n % s.groups == 0, op, "(): argument 'x' has batch size ", s.n,
               ", which the group size min(group_size, N) = ", s.groups, " does not divide");
   for (int64_t d = 2; d < x.dim(); ++d) s.s *= x.size(d);
+  TORCH_CHECK(s.c * s.s > 0, op, "(): argument 'x' must have at least one channel and position, got shape ",
+              x.sizes());
   s.m = s.n / s.groups;
   s.f = num_channels;
   s.k = (s.c / s.f) * s.s;

@@ -26,11 +26,20 @@ constexpr int64_t kTileJ = 256;       // j per tile: C * kTileJ opmath values of
 constexpr int64_t kBlockI = 16;       // rows i per task, reusing one tile of T
 constexpr int64_t kGrainPairs = 1 << 16;  // (i, j, c) triples per task below which threading costs more than it saves
 
-// exp(-d) for d >= 0, branch-free so that a loop over j vectorizes (std::exp does not without -ffast-math):
-// Cephes' expf range reduction (x = n ln2 + r, ln2 split in two), its degree-6 polynomial (about 1 ulp), 2^n from the
-// exponent bits. d > 87 (exp below the smallest normal float, 1.2e-38) and d = +inf give 0; NaN stays NaN.
+// exp(-d) for d >= 0, written so that a loop over j vectorizes (std::exp does not without -ffast-math): Cephes'
+// expf range reduction (x = n ln2 + r, ln2 split in two), its degree-6 polynomial (about 1 ulp), 2^n from the
+// exponent bits. d > 87 (exp below the smallest normal float, 1.2e-38) and d = +inf give 0; NaN stays NaN. No
+// float comparison or select: GCC (with -ftrapping-math) turns those into branches, and branches stop the vectorizer;
+// the clamp is integer arithmetic on the bits (d >= 0, so its bits order as its values).
 inline float exp_neg(float d) {
-  const float x = std::max(-d, -87.0f);
+  constexpr uint32_t kCut = 0x42AE0000u, kInf = 0x7F800000u;  // bits of 87.0f and +inf
+  uint32_t dbits;
+  std::memcpy(&dbits, &d, sizeof(d));
+  const uint32_t beyond = static_cast<uint32_t>(dbits > kCut) & static_cast<uint32_t>(dbits <= kInf);
+  const uint32_t cbits = dbits - (dbits - kCut) * beyond;  // min(d, 87) for d in [0, inf]; NaN untouched
+  float x;
+  std::memcpy(&x, &cbits, sizeof(x));
+  x = -x;
   const int32_t n = static_cast<int32_t>(x * 1.44269504088896341f - 0.5f);  // x <= 0: truncation rounds to nearest
   const float fn = static_cast<float>(n);
   const float r = (x - fn * 0.693359375f) + fn * 2.12194440e-4f;
@@ -44,7 +53,7 @@ inline float exp_neg(float d) {
   const int32_t bits = (n + 127) << 23;  // n >= -126: a normal power of two
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return d > 87.0f ? 0.0f : p * scale;
+  return p * scale * static_cast<float>(1u - beyond);
 }
 
 inline double exp_neg(double d) { return std::exp(-d); }
@@ -52,6 +61,35 @@ inline double exp_neg(double d) { return std::exp(-d); }
 template <typename acc_t>
 inline acc_t sign_of(acc_t a, acc_t b) {  // sign(a - b), branch-free, 0 at a == b
   return static_cast<acc_t>(a > b) - static_cast<acc_t>(a < b);
+}
+
+// Sums in kLanes independent accumulators: a plain `s += v[j]` loop does not vectorize (float addition is not
+// associative, and we build without -ffast-math), kLanes interleaved sums do.
+constexpr int64_t kLanes = 8;
+
+template <typename acc_t>
+inline acc_t lane_sum(const acc_t* v, int64_t len) {
+  acc_t lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= len; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += v[j + l];
+  acc_t s = 0;
+  for (; j < len; ++j) s += v[j];
+  for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
+  return s;
+}
+
+// sum_j w[j] * sign(xi - xj[j]), in kLanes accumulators as lane_sum
+template <typename acc_t>
+inline acc_t lane_signed_sum(const acc_t* w, acc_t xi, const acc_t* xj, int64_t len) {
+  acc_t lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= len; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += w[j + l] * sign_of(xi, xj[j + l]);
+  acc_t s = 0;
+  for (; j < len; ++j) s += w[j] * sign_of(xi, xj[j]);
+  for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
+  return s;
 }
 
 // T (B, C, N) in opmath from M (N, B, C) of any strides.
@@ -111,9 +149,8 @@ at::Tensor minibatch_l1_similarity_cpu(const at::Tensor& m) {
           const int64_t len = std::min(kTileJ, n - j0);
           for (int64_t i = i0; i < i1; ++i) {
             tile_distances(tb, n, c, i, j0, len, dist.data());
-            acc_t s = 0;
-            for (int64_t jj = 0; jj < len; ++jj) s += exp_neg(dist[jj]);
-            sums[i - i0] += static_cast<double>(s);
+            for (int64_t jj = 0; jj < len; ++jj) dist[jj] = exp_neg(dist[jj]);
+            sums[i - i0] += static_cast<double>(lane_sum(dist.data(), len));
           }
         }
         for (int64_t i = i0; i < i1; ++i) po[i * b + kb] = static_cast<scalar_t>(sums[i - i0]);
@@ -158,11 +195,7 @@ at::Tensor minibatch_l1_similarity_backward_cpu(const at::Tensor& grad, const at
             // w_ij = (g_i + g_j) e_ij in place of the distances (0 for the self pair)
             for (int64_t jj = 0; jj < len; ++jj) dist[jj] = (gi + gb[j0 + jj]) * exp_neg(dist[jj]);
             for (int64_t kc = 0; kc < c; ++kc) {
-              const acc_t xi = tb[kc * n + i];
-              const acc_t* xj = tb + kc * n + j0;
-              acc_t s = 0;
-              for (int64_t jj = 0; jj < len; ++jj) s += dist[jj] * sign_of(xi, xj[jj]);
-              acc[(i - i0) * c + kc] -= s;
+              acc[(i - i0) * c + kc] -= lane_signed_sum(dist.data(), tb[kc * n + i], tb + kc * n + j0, len);
             }
           }
         }

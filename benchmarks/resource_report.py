@@ -112,7 +112,8 @@ def _jit_function(kernel: Any) -> Any:
 def _load_kernels():
     from fastsn.triton_kernels import bias_leaky_relu as blr_mod, build_info as bi_mod
     from fastsn.triton_kernels import gradient_penalty as gp_mod, spectral_norm as sn_mod
-    return [bi_mod, sn_mod, blr_mod, gp_mod]
+    from fastsn.triton_kernels import minibatch_l1_similarity as ml_mod, minibatch_stddev as msd_mod
+    return [bi_mod, sn_mod, blr_mod, gp_mod, ml_mod, msd_mod]
 
 
 def capture(quick: bool = False) -> dict:
@@ -126,7 +127,7 @@ def capture(quick: bool = False) -> dict:
                 saved.append((module, name, obj))
                 setattr(module, name, _Recorder(_jit_function(obj), launches))
     try:
-        bi_mod, sn_mod, blr_mod, gp_mod = modules
+        bi_mod, sn_mod, blr_mod, gp_mod, ml_mod, msd_mod = modules
         for dtype in DTYPES:
             bi_mod.build_info_triton(torch.zeros(8, dtype=dtype))
             x = torch.zeros(2, 3, 4, dtype=dtype)
@@ -135,6 +136,12 @@ def capture(quick: bool = False) -> dict:
             blr_mod.bias_leaky_relu_backward_triton(x, y, 0.2, 1.0)
             for mode in (0, 1, 2):
                 gp_mod.gradient_penalty_head_triton(torch.zeros(4, 5, dtype=dtype), mode, 1.0, 1.0)
+            m = torch.zeros(5, 3, 4, dtype=dtype)
+            ml_mod.minibatch_l1_similarity_triton(m)
+            ml_mod.minibatch_l1_similarity_backward_triton(torch.zeros(5, 3, dtype=dtype), m)
+            x = torch.zeros(4, 4, 2, 2, dtype=dtype)
+            msd_mod.minibatch_stddev_triton(x, 2, 1)
+            msd_mod.minibatch_stddev_backward_triton(torch.zeros(4, 5, 2, 2, dtype=dtype), x, 2, 1)
         for (shape, dim), dtype in itertools.product(_sweep_shapes(quick), DTYPES):
             weight = torch.empty(shape, dtype=dtype)
             h = shape[dim]

@@ -68,7 +68,8 @@ def test_minibatch_discrimination(benchmark, provider, device, n, kernels, order
         n, b, c = 8, 2, 3
     need = _largest_intermediate(provider, n, b, c)
     if need > LIMIT_BYTES:
-        pytest.skip(f"{provider} would hold {need / 2**30:.1f} GiB in one intermediate (limit 1 GiB)")
+        pytest.skip(f"{provider}: the form would hold {need / 2**30:.1f} GiB in one intermediate when eager "
+                    "(limit 1 GiB)")
     if device == "cpu" and n >= 4096 and os.environ.get("FASTSN_BENCH_LARGE", "0") in ("", "0"):
         pytest.skip("N = 4096 on CPU takes seconds per call: set FASTSN_BENCH_LARGE=1 to run it")
     M = (torch.randn(n, b, c, device=device) * 0.3).requires_grad_(order != "forward")

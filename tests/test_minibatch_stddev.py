@@ -67,7 +67,8 @@ def test_reference_is_stylegan2_formula(case):
 
 def test_two_dimensional_input_is_the_one_by_one_map():
     x = torch.randn(6, 4, dtype=torch.float64)
-    torch.testing.assert_close(msd.minibatch_stddev_ref(x, 3, 2), stylegan2_formula(x[..., None, None], 3, 2)[..., 0, 0])
+    expected = stylegan2_formula(x[..., None, None], 3, 2)[..., 0, 0]
+    torch.testing.assert_close(msd.minibatch_stddev_ref(x, 3, 2), expected)
 
 
 def test_non_contiguous_input(backend_device):

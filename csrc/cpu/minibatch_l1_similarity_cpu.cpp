@@ -26,12 +26,25 @@ constexpr int64_t kTileJ = 256;       // j per tile: C * kTileJ opmath values of
 constexpr int64_t kBlockI = 16;       // rows i per task, reusing one tile of T
 constexpr int64_t kGrainPairs = 1 << 16;  // (i, j, c) triples per task below which threading costs more than it saves
 
+// The float tiles (float32, float16, bfloat16 inputs) twice: for x86-64-v3 (AVX2 + FMA, 8 lanes) and for the
+// x86-64 baseline (SSE2, 4 lanes, what the build's flags allow), the one this CPU supports picked by its features when
+// the library loads (GCC's target_clones; "arch=haswell" would test the CPU model and miss AMD's). Other compilers and
+// architectures build the baseline only.
+// Everything the two clones call is inlined into each (FASTSN_ALWAYS_INLINE), so that it is compiled for both.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FASTSN_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FASTSN_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define FASTSN_SIMD_CLONES
+#define FASTSN_ALWAYS_INLINE inline
+#endif
+
 // exp(-d) for d >= 0, written so that a loop over j vectorizes (std::exp does not without -ffast-math): Cephes'
 // expf range reduction (x = n ln2 + r, ln2 split in two), its degree-6 polynomial (about 1 ulp), 2^n from the
 // exponent bits. d > 87 (exp below the smallest normal float, 1.2e-38) and d = +inf give 0; NaN stays NaN. No
 // float comparison or select: GCC (with -ftrapping-math) turns those into branches, and branches stop the vectorizer;
 // the clamp is integer arithmetic on the bits (d >= 0, so its bits order as its values).
-inline float exp_neg(float d) {
+FASTSN_ALWAYS_INLINE float exp_neg(float d) {
   constexpr uint32_t kCut = 0x42AE0000u, kInf = 0x7F800000u;  // bits of 87.0f and +inf
   uint32_t dbits;
   std::memcpy(&dbits, &d, sizeof(d));
@@ -59,7 +72,7 @@ inline float exp_neg(float d) {
 inline double exp_neg(double d) { return std::exp(-d); }
 
 template <typename acc_t>
-inline acc_t sign_of(acc_t a, acc_t b) {  // sign(a - b), branch-free, 0 at a == b
+FASTSN_ALWAYS_INLINE acc_t sign_of(acc_t a, acc_t b) {  // sign(a - b), branch-free, 0 at a == b
   return static_cast<acc_t>(a > b) - static_cast<acc_t>(a < b);
 }
 
@@ -68,7 +81,7 @@ inline acc_t sign_of(acc_t a, acc_t b) {  // sign(a - b), branch-free, 0 at a ==
 constexpr int64_t kLanes = 8;
 
 template <typename acc_t>
-inline acc_t lane_sum(const acc_t* v, int64_t len) {
+FASTSN_ALWAYS_INLINE acc_t lane_sum(const acc_t* v, int64_t len) {
   acc_t lanes[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= len; j += kLanes)
@@ -81,7 +94,7 @@ inline acc_t lane_sum(const acc_t* v, int64_t len) {
 
 // sum_j w[j] * sign(xi - xj[j]), in kLanes accumulators as lane_sum
 template <typename acc_t>
-inline acc_t lane_signed_sum(const acc_t* w, acc_t xi, const acc_t* xj, int64_t len) {
+FASTSN_ALWAYS_INLINE acc_t lane_signed_sum(const acc_t* w, acc_t xi, const acc_t* xj, int64_t len) {
   acc_t lanes[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= len; j += kLanes)
@@ -112,7 +125,8 @@ std::vector<acc_t> transposed(const at::Tensor& m) {
 
 // dist[jj] = sum_c |T[c][i] - T[c][j0 + jj]| for jj < len, with the self pair (j == i) set to +inf (its exp is 0).
 template <typename acc_t>
-inline void tile_distances(const acc_t* tb, int64_t n, int64_t c, int64_t i, int64_t j0, int64_t len, acc_t* dist) {
+FASTSN_ALWAYS_INLINE void tile_distances(const acc_t* tb, int64_t n, int64_t c, int64_t i, int64_t j0, int64_t len,
+                                         acc_t* dist) {
   std::fill(dist, dist + len, acc_t(0));
   for (int64_t kc = 0; kc < c; ++kc) {
     const acc_t xi = tb[kc * n + i];
@@ -120,6 +134,56 @@ inline void tile_distances(const acc_t* tb, int64_t n, int64_t c, int64_t i, int
     for (int64_t jj = 0; jj < len; ++jj) dist[jj] += std::abs(xi - xj[jj]);
   }
   if (i >= j0 && i < j0 + len) dist[i - j0] = std::numeric_limits<acc_t>::infinity();
+}
+
+// sum_{j in tile, j != i} exp(-||M_i - M_j||_1) for row i (dist: a kTileJ scratch buffer)
+template <typename acc_t>
+FASTSN_ALWAYS_INLINE acc_t similarity_tile(const acc_t* tb, int64_t n, int64_t c, int64_t i, int64_t j0,
+                                           int64_t len, acc_t* dist) {
+  tile_distances(tb, n, c, i, j0, len, dist);
+  for (int64_t jj = 0; jj < len; ++jj) dist[jj] = exp_neg(dist[jj]);
+  return lane_sum(dist, len);
+}
+
+// acc_row[c] -= sum_{j in tile, j != i} (g_i + g_j) e_ij sign(M_ic - M_jc) for row i
+template <typename acc_t>
+FASTSN_ALWAYS_INLINE void gradient_tile(const acc_t* tb, const acc_t* gb, int64_t n, int64_t c, int64_t i,
+                                        int64_t j0, int64_t len, acc_t* dist, acc_t* acc_row) {
+  tile_distances(tb, n, c, i, j0, len, dist);
+  const acc_t gi = gb[i];
+  // w_ij = (g_i + g_j) e_ij in place of the distances (0 for the self pair)
+  for (int64_t jj = 0; jj < len; ++jj) dist[jj] = (gi + gb[j0 + jj]) * exp_neg(dist[jj]);
+  for (int64_t kc = 0; kc < c; ++kc) acc_row[kc] -= lane_signed_sum(dist, tb[kc * n + i], tb + kc * n + j0, len);
+}
+
+FASTSN_SIMD_CLONES float similarity_tile_f32(const float* tb, int64_t n, int64_t c, int64_t i, int64_t j0,
+                                             int64_t len, float* dist) {
+  return similarity_tile(tb, n, c, i, j0, len, dist);
+}
+
+FASTSN_SIMD_CLONES void gradient_tile_f32(const float* tb, const float* gb, int64_t n, int64_t c, int64_t i,
+                                          int64_t j0, int64_t len, float* dist, float* acc_row) {
+  gradient_tile(tb, gb, n, c, i, j0, len, dist, acc_row);
+}
+
+inline float similarity_tile_any(const float* tb, int64_t n, int64_t c, int64_t i, int64_t j0, int64_t len,
+                                 float* dist) {
+  return similarity_tile_f32(tb, n, c, i, j0, len, dist);
+}
+
+inline double similarity_tile_any(const double* tb, int64_t n, int64_t c, int64_t i, int64_t j0, int64_t len,
+                                  double* dist) {
+  return similarity_tile(tb, n, c, i, j0, len, dist);
+}
+
+inline void gradient_tile_any(const float* tb, const float* gb, int64_t n, int64_t c, int64_t i, int64_t j0,
+                              int64_t len, float* dist, float* acc_row) {
+  gradient_tile_f32(tb, gb, n, c, i, j0, len, dist, acc_row);
+}
+
+inline void gradient_tile_any(const double* tb, const double* gb, int64_t n, int64_t c, int64_t i, int64_t j0,
+                              int64_t len, double* dist, double* acc_row) {
+  gradient_tile(tb, gb, n, c, i, j0, len, dist, acc_row);
 }
 
 int64_t grain_tasks(int64_t n, int64_t c) {
@@ -148,9 +212,7 @@ at::Tensor minibatch_l1_similarity_cpu(const at::Tensor& m) {
         for (int64_t j0 = 0; j0 < n; j0 += kTileJ) {
           const int64_t len = std::min(kTileJ, n - j0);
           for (int64_t i = i0; i < i1; ++i) {
-            tile_distances(tb, n, c, i, j0, len, dist.data());
-            for (int64_t jj = 0; jj < len; ++jj) dist[jj] = exp_neg(dist[jj]);
-            sums[i - i0] += static_cast<double>(lane_sum(dist.data(), len));
+            sums[i - i0] += static_cast<double>(similarity_tile_any(tb, n, c, i, j0, len, dist.data()));
           }
         }
         for (int64_t i = i0; i < i1; ++i) po[i * b + kb] = static_cast<scalar_t>(sums[i - i0]);
@@ -190,13 +252,7 @@ at::Tensor minibatch_l1_similarity_backward_cpu(const at::Tensor& grad, const at
         for (int64_t j0 = 0; j0 < n; j0 += kTileJ) {
           const int64_t len = std::min(kTileJ, n - j0);
           for (int64_t i = i0; i < i1; ++i) {
-            tile_distances(tb, n, c, i, j0, len, dist.data());
-            const acc_t gi = gb[i];
-            // w_ij = (g_i + g_j) e_ij in place of the distances (0 for the self pair)
-            for (int64_t jj = 0; jj < len; ++jj) dist[jj] = (gi + gb[j0 + jj]) * exp_neg(dist[jj]);
-            for (int64_t kc = 0; kc < c; ++kc) {
-              acc[(i - i0) * c + kc] -= lane_signed_sum(dist.data(), tb[kc * n + i], tb + kc * n + j0, len);
-            }
+            gradient_tile_any(tb, gb, n, c, i, j0, len, dist.data(), acc.data() + (i - i0) * c);
           }
         }
         for (int64_t i = i0; i < i1; ++i)

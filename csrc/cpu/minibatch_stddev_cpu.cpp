@@ -1,6 +1,7 @@
 // fastsn::minibatch_stddev and its backward, C++ CPU kernels, in opmath (float for float16/bfloat16). One task per
 // statistic (m, f): its G samples' feature group f is K = (C / F) * S contiguous values each, walked in chunks of
-// kChunk positions (mean, then variance over the group, vectorized over positions). See common/minibatch_stddev.h.
+// kChunk positions (mean, then variance over the group, vectorized over positions); the task writes every output
+// value that depends on them, so each pass runs in one parallel region. See common/minibatch_stddev.h.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -18,7 +19,8 @@
 namespace fastsn {
 namespace {
 
-constexpr int64_t kChunk = 256;  // positions per chunk: G * kChunk opmath values in flight
+constexpr int64_t kChunk = 256;   // positions per chunk: G * kChunk opmath values in flight
+constexpr int64_t kGrain = 32768;  // elements of x per task below which threading costs more than it saves
 
 std::vector<int64_t> output_shape(const at::Tensor& x, const MinibatchStddevShape& s) {
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
@@ -59,8 +61,10 @@ at::Tensor minibatch_stddev_cpu(const at::Tensor& x, int64_t group_size, int64_t
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* px = xc.const_data_ptr<scalar_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
-    std::vector<acc_t> stat(s.m * s.f);  // (M, F): mean over K positions of the group's std
-    at::parallel_for(0, s.m * s.f, 1, [&](int64_t lo, int64_t hi) {
+    // one task per statistic (m, f) does all of its output: the statistic, the copy of its G samples' feature
+    // group f (read for the statistic, still in cache) and the broadcast of the statistic over their S positions
+    const int64_t row = (s.c + s.f) * s.s;  // one sample of out
+    at::parallel_for(0, s.m * s.f, std::max<int64_t>(1, kGrain / (s.groups * s.k)), [&](int64_t lo, int64_t hi) {
       std::vector<acc_t> mean(kChunk), inv_std(kChunk);
       for (int64_t task = lo; task < hi; ++task) {
         const int64_t m = task / s.f, f = task % s.f;
@@ -71,17 +75,16 @@ at::Tensor minibatch_stddev_cpu(const at::Tensor& x, int64_t group_size, int64_t
           acc_t chunk = 0;
           for (int64_t q = 0; q < len; ++q) chunk += acc_t(1) / inv_std[q];
           total += static_cast<double>(chunk);
+          for (int64_t g = 0; g < s.groups; ++g) {
+            const int64_t n = g * s.m + m;
+            const scalar_t* src = px + n * s.c * s.s + f * s.k + p0;
+            std::copy(src, src + len, po + n * row + f * s.k + p0);
+          }
         }
-        stat[task] = static_cast<acc_t>(total / static_cast<double>(s.k));
-      }
-    });
-    // out[n] = cat(x[n] (C * S values), stat[n % M, f] broadcast over S for each f)
-    at::parallel_for(0, s.n, std::max<int64_t>(1, 32768 / ((s.c + s.f) * s.s)), [&](int64_t lo, int64_t hi) {
-      for (int64_t n = lo; n < hi; ++n) {
-        std::copy(px + n * s.c * s.s, px + (n + 1) * s.c * s.s, po + n * (s.c + s.f) * s.s);
-        for (int64_t f = 0; f < s.f; ++f) {
-          scalar_t* dst = po + (n * (s.c + s.f) + s.c + f) * s.s;
-          std::fill(dst, dst + s.s, static_cast<scalar_t>(stat[(n % s.m) * s.f + f]));
+        const scalar_t stat = static_cast<scalar_t>(total / static_cast<double>(s.k));
+        for (int64_t g = 0; g < s.groups; ++g) {
+          scalar_t* dst = po + (g * s.m + m) * row + (s.c + f) * s.s;
+          std::fill(dst, dst + s.s, stat);
         }
       }
     });
@@ -103,7 +106,7 @@ at::Tensor minibatch_stddev_backward_cpu(const at::Tensor& grad, const at::Tenso
     scalar_t* pd = dx.mutable_data_ptr<scalar_t>();
     // d stat / d x_g = (x_g - mean) / (K G std) at each position; the statistic's upstream gradient Gamma[m, f] sums
     // grad's channel C + f over the group's G samples and the S positions it was broadcast to
-    at::parallel_for(0, s.m * s.f, 1, [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, s.m * s.f, std::max<int64_t>(1, kGrain / (s.groups * s.k)), [&](int64_t lo, int64_t hi) {
       std::vector<acc_t> mean(kChunk), inv_std(kChunk);
       for (int64_t task = lo; task < hi; ++task) {
         const int64_t m = task / s.f, f = task % s.f;

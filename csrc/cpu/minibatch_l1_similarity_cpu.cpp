@@ -18,6 +18,7 @@
 
 #include "common/checks.h"
 #include "common/minibatch_l1_similarity.h"
+#include "cpu/vectorize.h"
 
 namespace fastsn {
 namespace {
@@ -25,19 +26,6 @@ namespace {
 constexpr int64_t kTileJ = 256;       // j per tile: C * kTileJ opmath values of T, in L1
 constexpr int64_t kBlockI = 16;       // rows i per task, reusing one tile of T
 constexpr int64_t kGrainPairs = 1 << 16;  // (i, j, c) triples per task below which threading costs more than it saves
-
-// The float tiles (float32, float16, bfloat16 inputs) twice: for x86-64-v3 (AVX2 + FMA, 8 lanes) and for the
-// x86-64 baseline (SSE2, 4 lanes, what the build's flags allow), the one this CPU supports picked by its features when
-// the library loads (GCC's target_clones; "arch=haswell" would test the CPU model and miss AMD's). Other compilers and
-// architectures build the baseline only.
-// Everything the two clones call is inlined into each (FASTSN_ALWAYS_INLINE), so that it is compiled for both.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FASTSN_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#define FASTSN_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define FASTSN_SIMD_CLONES
-#define FASTSN_ALWAYS_INLINE inline
-#endif
 
 // exp(-d) for d >= 0, written so that a loop over j vectorizes (std::exp does not without -ffast-math): Cephes'
 // expf range reduction (x = n ln2 + r, ln2 split in two), its degree-6 polynomial (about 1 ulp), 2^n from the
@@ -74,22 +62,6 @@ inline double exp_neg(double d) { return std::exp(-d); }
 template <typename acc_t>
 FASTSN_ALWAYS_INLINE acc_t sign_of(acc_t a, acc_t b) {  // sign(a - b), branch-free, 0 at a == b
   return static_cast<acc_t>(a > b) - static_cast<acc_t>(a < b);
-}
-
-// Sums in kLanes independent accumulators: a plain `s += v[j]` loop does not vectorize (float addition is not
-// associative, and we build without -ffast-math), kLanes interleaved sums do.
-constexpr int64_t kLanes = 8;
-
-template <typename acc_t>
-FASTSN_ALWAYS_INLINE acc_t lane_sum(const acc_t* v, int64_t len) {
-  acc_t lanes[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= len; j += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += v[j + l];
-  acc_t s = 0;
-  for (; j < len; ++j) s += v[j];
-  for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
-  return s;
 }
 
 // sum_j w[j] * sign(xi - xj[j]), in kLanes accumulators as lane_sum
@@ -156,6 +128,7 @@ FASTSN_ALWAYS_INLINE void gradient_tile(const acc_t* tb, const acc_t* gb, int64_
   for (int64_t kc = 0; kc < c; ++kc) acc_row[kc] -= lane_signed_sum(dist, tb[kc * n + i], tb + kc * n + j0, len);
 }
 
+// The float tiles (float32, float16, bfloat16 inputs) twice, for x86-64-v3 and for the baseline (cpu/vectorize.h).
 FASTSN_SIMD_CLONES float similarity_tile_f32(const float* tb, int64_t n, int64_t c, int64_t i, int64_t j0,
                                              int64_t len, float* dist) {
   return similarity_tile(tb, n, c, i, j0, len, dist);

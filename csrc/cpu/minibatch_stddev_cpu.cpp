@@ -15,6 +15,7 @@
 
 #include "common/checks.h"
 #include "common/minibatch_stddev.h"
+#include "cpu/vectorize.h"
 
 namespace fastsn {
 namespace {
@@ -28,13 +29,13 @@ std::vector<int64_t> output_shape(const at::Tensor& x, const MinibatchStddevShap
   return shape;
 }
 
-// For positions [p0, p0 + len) of statistic (m, f): mean[q] and inv_std[q] = 1 / sqrt(var + eps) over the group.
+// For positions [p0, p0 + len) of statistic (m, f): mean[q] and var[q] + eps over the group (population variance)
 template <typename scalar_t, typename acc_t>
 void group_moments(const scalar_t* px, const MinibatchStddevShape& s, int64_t m, int64_t f, int64_t p0, int64_t len,
-                   acc_t* mean, acc_t* inv_std) {
+                   acc_t* mean, acc_t* var) {
   const acc_t inv_g = acc_t(1) / static_cast<acc_t>(s.groups);
   std::fill(mean, mean + len, acc_t(0));
-  std::fill(inv_std, inv_std + len, acc_t(0));
+  std::fill(var, var + len, acc_t(0));
   for (int64_t g = 0; g < s.groups; ++g) {
     const scalar_t* row = px + (g * s.m + m) * s.c * s.s + f * s.k + p0;
     for (int64_t q = 0; q < len; ++q) mean[q] += static_cast<acc_t>(row[q]);
@@ -44,11 +45,10 @@ void group_moments(const scalar_t* px, const MinibatchStddevShape& s, int64_t m,
     const scalar_t* row = px + (g * s.m + m) * s.c * s.s + f * s.k + p0;
     for (int64_t q = 0; q < len; ++q) {
       const acc_t d = static_cast<acc_t>(row[q]) - mean[q];
-      inv_std[q] += d * d;
+      var[q] += d * d;
     }
   }
-  for (int64_t q = 0; q < len; ++q)
-    inv_std[q] = acc_t(1) / std::sqrt(inv_std[q] * inv_g + static_cast<acc_t>(kMinibatchStddevEps));
+  for (int64_t q = 0; q < len; ++q) var[q] = var[q] * inv_g + static_cast<acc_t>(kMinibatchStddevEps);
 }
 
 at::Tensor minibatch_stddev_cpu(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
@@ -65,16 +65,15 @@ at::Tensor minibatch_stddev_cpu(const at::Tensor& x, int64_t group_size, int64_t
     // group f (read for the statistic, still in cache) and the broadcast of the statistic over their S positions
     const int64_t row = (s.c + s.f) * s.s;  // one sample of out
     at::parallel_for(0, s.m * s.f, std::max<int64_t>(1, kGrain / (s.groups * s.k)), [&](int64_t lo, int64_t hi) {
-      std::vector<acc_t> mean(kChunk), inv_std(kChunk);
+      std::vector<acc_t> mean(kChunk), var(kChunk);
       for (int64_t task = lo; task < hi; ++task) {
         const int64_t m = task / s.f, f = task % s.f;
         double total = 0;  // K can be large: chunk sums in double
         for (int64_t p0 = 0; p0 < s.k; p0 += kChunk) {
           const int64_t len = std::min(kChunk, s.k - p0);
-          group_moments<scalar_t, acc_t>(px, s, m, f, p0, len, mean.data(), inv_std.data());
-          acc_t chunk = 0;
-          for (int64_t q = 0; q < len; ++q) chunk += acc_t(1) / inv_std[q];
-          total += static_cast<double>(chunk);
+          group_moments<scalar_t, acc_t>(px, s, m, f, p0, len, mean.data(), var.data());
+          for (int64_t q = 0; q < len; ++q) var[q] = std::sqrt(var[q]);  // std, in place
+          total += static_cast<double>(lane_sum(var.data(), len));
           for (int64_t g = 0; g < s.groups; ++g) {
             const int64_t n = g * s.m + m;
             const scalar_t* src = px + n * s.c * s.s + f * s.k + p0;
@@ -119,6 +118,7 @@ at::Tensor minibatch_stddev_backward_cpu(const at::Tensor& grad, const at::Tenso
         for (int64_t p0 = 0; p0 < s.k; p0 += kChunk) {
           const int64_t len = std::min(kChunk, s.k - p0);
           group_moments<scalar_t, acc_t>(px, s, m, f, p0, len, mean.data(), inv_std.data());
+          for (int64_t q = 0; q < len; ++q) inv_std[q] = acc_t(1) / std::sqrt(inv_std[q]);  // from var + eps
           for (int64_t g = 0; g < s.groups; ++g) {
             const int64_t n = g * s.m + m;
             const scalar_t* xr = px + n * s.c * s.s + f * s.k + p0;

@@ -72,7 +72,7 @@ at::Tensor minibatch_stddev_cpu(const at::Tensor& x, int64_t group_size, int64_t
         for (int64_t p0 = 0; p0 < s.k; p0 += kChunk) {
           const int64_t len = std::min(kChunk, s.k - p0);
           group_moments<scalar_t, acc_t>(px, s, m, f, p0, len, mean.data(), var.data());
-          for (int64_t q = 0; q < len; ++q) var[q] = std::sqrt(var[q]);  // std, in place
+          sqrt_in_place(var.data(), len);  // std
           total += static_cast<double>(lane_sum(var.data(), len));
           for (int64_t g = 0; g < s.groups; ++g) {
             const int64_t n = g * s.m + m;
@@ -118,7 +118,8 @@ at::Tensor minibatch_stddev_backward_cpu(const at::Tensor& grad, const at::Tenso
         for (int64_t p0 = 0; p0 < s.k; p0 += kChunk) {
           const int64_t len = std::min(kChunk, s.k - p0);
           group_moments<scalar_t, acc_t>(px, s, m, f, p0, len, mean.data(), inv_std.data());
-          for (int64_t q = 0; q < len; ++q) inv_std[q] = acc_t(1) / std::sqrt(inv_std[q]);  // from var + eps
+          sqrt_in_place(inv_std.data(), len);  // from var + eps
+          for (int64_t q = 0; q < len; ++q) inv_std[q] = acc_t(1) / inv_std[q];
           for (int64_t g = 0; g < s.groups; ++g) {
             const int64_t n = g * s.m + m;
             const scalar_t* xr = px + n * s.c * s.s + f * s.k + p0;

@@ -1,8 +1,13 @@
 // Helpers of the CPU kernels for loops that GCC vectorizes without -ffast-math (the build's flags): a function
-// compiled for AVX2 as well as the baseline, and sums in independent lanes.
+// compiled for AVX2 as well as the baseline, sums in independent lanes, packed square roots.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace fastsn {
 
@@ -33,6 +38,24 @@ FASTSN_ALWAYS_INLINE acc_t lane_sum(const acc_t* v, int64_t len) {
   for (; j < len; ++j) s += v[j];
   for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
   return s;
+}
+
+// v[q] = sqrt(v[q]): std::sqrt may set errno, so a loop of it stays scalar (sqrtss, then a check) without
+// -fno-math-errno; SSE2's packed square roots have no errno to set.
+inline void sqrt_in_place(float* v, int64_t len) {
+  int64_t q = 0;
+#if defined(__SSE2__)
+  for (; q + 4 <= len; q += 4) _mm_storeu_ps(v + q, _mm_sqrt_ps(_mm_loadu_ps(v + q)));
+#endif
+  for (; q < len; ++q) v[q] = std::sqrt(v[q]);
+}
+
+inline void sqrt_in_place(double* v, int64_t len) {
+  int64_t q = 0;
+#if defined(__SSE2__)
+  for (; q + 2 <= len; q += 2) _mm_storeu_pd(v + q, _mm_sqrt_pd(_mm_loadu_pd(v + q)));
+#endif
+  for (; q < len; ++q) v[q] = std::sqrt(v[q]);
 }
 
 }  // namespace fastsn

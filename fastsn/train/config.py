@@ -13,6 +13,7 @@ from fastsn.train.penalties import PENALTIES
 
 # the penalty weight when --gp-weight is not given: WGAN-GP's lambda = 10; for R1/R2 StyleGAN2's gamma = 1 (at
 # our 2-D scale, 10 flattens D around the data)
+DTYPES = ("float32", "float64")
 DEFAULT_GP_WEIGHT = {"none": 0.0, "wgan-gp": 10.0, "wgan-lp": 10.0, "dragan": 10.0, "r1": 1.0, "r2": 1.0}
 
 
@@ -24,6 +25,7 @@ class TrainConfig:
         data, sn, gp, gp_weight, mbd, mbstd, loss, n_critic, lr_g, lr_d, steps, batch_size, device, seed, backend,
         on_collapse: as the CLI options of the same names.
         monitor_every: steps between collapse-monitor checks (0: steps // 20, at least 1).
+        dtype: "float32" or "float64" (weights, data and latents).
         cache_dir: where the digit classifier is cached (None: the default cache).
     """
     data: str = "ring8"
@@ -43,6 +45,7 @@ class TrainConfig:
     backend: str = "fastsn"
     on_collapse: str = "warn"
     monitor_every: int = 0
+    dtype: str = "float32"
     cache_dir: Optional[str] = None
 
     @property
@@ -56,7 +59,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the option for a bad value; return self."""
-        choices = {"data": DATASETS, "gp": PENALTIES, "loss": LOSSES, "backend": BACKENDS, "on_collapse": ACTIONS}
+        choices = {"dtype": DTYPES, "data": DATASETS, "gp": PENALTIES, "loss": LOSSES, "backend": BACKENDS, "on_collapse": ACTIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')}: invalid value {getattr(self, name)!r} "

@@ -26,7 +26,8 @@ def sample_generator(G: torch.nn.Module, n: int, z_dim: int, seed: int, device: 
     Returns:
         (n, ...) float32 on the CPU.
     """
-    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+    dtype = next(G.parameters()).dtype
+    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed)).to(dtype)
     was_training = G.training
     G.eval()
     try:

@@ -98,14 +98,39 @@ def _sigmas(D: torch.nn.Module) -> dict[str, float]:
     return {name: float(sigma) for name, sigma in fastsn.spectral_norms(D).items()}
 
 
+def discriminator_backward(backend: str, pair: torch.nn.Module, D: torch.nn.Module, real: torch.Tensor,
+                           fake: torch.Tensor, loss: str, gp_kind: str, gp_weight: float,
+                           gp_generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's loss and penalty on one batch, backpropagated into D's gradients (one spectral-norm refresh).
+
+    Args:
+        backend: "fastsn" or "torch"; pair: D on (real, fake) (a :class:`_Pair`, DDP-wrapped under DDP); D: the bare D
+            (the penalty's extra forward runs on it: its parameter gradients join the same DDP all-reduce, which
+            fires once per parameter per backward).
+        real, fake: (N, ...) batches; loss: the adversarial loss; gp_kind, gp_weight, gp_generator: the penalty.
+
+    Returns:
+        (D's loss, the penalty), detached scalars.
+    """
+    with _spectral_norm_block(backend, D):
+        real_scores, fake_scores = pair(real, fake)
+        loss_d = losses.d_loss(loss, real_scores, fake_scores)
+        penalty = (gradient_penalty(backend, D, real, fake, gp_kind, gp_weight, gp_generator)
+                   if gp_kind != "none" else torch.zeros((), device=real.device))
+        (loss_d + penalty).backward()
+    return loss_d.detach(), penalty.detach()
+
+
 def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] = None,
-          evaluate: bool = True) -> RunResult:
+          evaluate: bool = True, initial: Optional[tuple[dict, dict]] = None) -> RunResult:
     """Train G and D per ``config`` and evaluate G.
 
     Args:
         config: the settings (validated here).
         progress: called after every step with (step, {"d_loss", "g_loss", "modes"}) on rank 0.
         evaluate: run the collapse monitor and the final metrics (False: training only, e.g. for --compare).
+        initial: (G's, D's) state_dicts to start from instead of the seeded initialization (--compare starts both
+            backends from one state: their spectral norms' 15 registration iterations round differently).
 
     Returns:
         The run's :class:`RunResult`.
@@ -122,7 +147,11 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
     latent = z_dim(config.data)
     options = ModelOptions(config.data, config.backend, config.sn, config.mbd, config.mbstd)
     G, D = build_models(options, config.seed)
-    G, D = G.to(device), D.to(device)
+    if initial is not None:
+        G.load_state_dict(initial[0])
+        D.load_state_dict(initial[1])
+    dtype = getattr(torch, config.dtype)
+    G, D = G.to(device, dtype), D.to(device, dtype)
     train_G, train_pair = G, _Pair(D)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -143,19 +172,15 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
     for step in range(1, config.steps + 1):
         started = time.perf_counter()
         for _ in range(config.n_critic):
-            real = data.sample(batch, streams["data"]).to(device)
-            z = torch.randn(batch, latent, generator=streams["z"]).to(device)
+            real = data.sample(batch, streams["data"]).to(device, dtype)
+            z = torch.randn(batch, latent, generator=streams["z"]).to(device, dtype)
             with torch.no_grad():
                 fake = train_G(z)
             opt_d.zero_grad(set_to_none=True)
-            with _spectral_norm_block(config.backend, D):
-                real_scores, fake_scores = train_pair(real, fake)
-                loss_d = losses.d_loss(config.loss, real_scores, fake_scores)
-                penalty = (gradient_penalty(config.backend, D, real, fake, gp_kind, gp_weight, gp_generator)
-                           if gp_kind != "none" else torch.zeros((), device=device))
-                (loss_d + penalty).backward()
+            loss_d, penalty = discriminator_backward(config.backend, train_pair, D, real, fake, config.loss, gp_kind,
+                                                     gp_weight, gp_generator)
             opt_d.step()
-        z = torch.randn(batch, latent, generator=streams["z"]).to(device)
+        z = torch.randn(batch, latent, generator=streams["z"]).to(device, dtype)
         opt_g.zero_grad(set_to_none=True)
         with _frozen(D), _spectral_norm_block(config.backend, D):
             loss_g = losses.g_loss(config.loss, D(train_G(z)))

@@ -32,7 +32,7 @@ from fastsn.train.monitor import ACTIONS
 from fastsn.train.penalties import PENALTIES
 
 # options that define a run: giving any of them asks for one run instead of the main table
-RUN_OPTIONS = ("data", "sn", "gp", "gp_weight", "mbd", "mbstd", "loss", "n_critic", "lr_g", "lr_d", "batch_size",
+RUN_OPTIONS = ("data", "sn", "gp", "gp_weight", "mbd", "mbstd", "loss", "n_critic", "lr_g", "lr_d", "lr_decay", "batch_size",
                "backend", "on_collapse", "monitor_every", "dtype")
 COMPARE_STEPS = 100
 
@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-critic", type=_positive_int, help=f"D steps per G step (default {d.n_critic})")
     run.add_argument("--lr-g", type=_positive_float, help=f"G's Adam learning rate (default {d.lr_g})")
     run.add_argument("--lr-d", type=_positive_float, help=f"D's Adam learning rate (default {d.lr_d})")
+    run.add_argument("--lr-decay", action="store_true", default=None,
+                     help="learning rates constant for the first half of the steps, then linearly to 0")
     run.add_argument("--steps", type=_positive_int, help=f"G steps (default {d.steps}; main table "
                      f"{suites.MAIN_STEPS}; --compare {COMPARE_STEPS})")
     run.add_argument("--batch-size", type=_positive_int, help=f"global batch (default {d.batch_size})")

@@ -22,7 +22,7 @@ class TrainConfig:
     """One run. Field names are the CLI options with '_' for '-' (and the keys of a --config file).
 
     Attributes:
-        data, sn, gp, gp_weight, mbd, mbstd, loss, n_critic, lr_g, lr_d, steps, batch_size, device, seed, backend,
+        data, sn, gp, gp_weight, mbd, mbstd, loss, n_critic, lr_g, lr_d, lr_decay, steps, batch_size, device, seed, backend,
         on_collapse: as the CLI options of the same names.
         monitor_every: steps between collapse-monitor checks (0: steps // 20, at least 1).
         dtype: "float32" or "float64" (weights, data and latents).
@@ -38,6 +38,7 @@ class TrainConfig:
     n_critic: int = 1
     lr_g: float = 1e-3
     lr_d: float = 1e-3
+    lr_decay: bool = False
     steps: int = 2000
     batch_size: int = 256
     device: str = "cpu"

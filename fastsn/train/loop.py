@@ -159,6 +159,9 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
         train_pair = torch.nn.parallel.DistributedDataParallel(train_pair, device_ids=ids)
     opt_g = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=ADAM_BETAS)
     opt_d = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=ADAM_BETAS)
+    # --lr-decay: constant for the first half, then linearly to 0 (G's last steps settle onto the modes)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, 2.0 * (1.0 - s / config.steps)))
+                 for o in (opt_g, opt_d)] if config.lr_decay else []
     streams = {name: torch.Generator().manual_seed(config.seed * 1000 + offset + 100 * rank)
                for name, offset in _STREAMS.items()}
     gp_generator = streams["gp"] if device.type == "cpu" else torch.Generator(device).manual_seed(
@@ -186,6 +189,8 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
             loss_g = losses.g_loss(config.loss, D(train_G(z)))
             loss_g.backward()
         opt_g.step()
+        for schedule in schedules:
+            schedule.step()
         train_seconds += time.perf_counter() - started
         history["step"].append(step)
         history["d_loss"].append(loss_d.item())

@@ -25,8 +25,9 @@ def devices() -> list[str]:
 
 
 def provider_unavailable(provider: str, op: str, device: str) -> Optional[str]:
-    """Why ``provider`` cannot be measured for ``op`` on ``device``; None if it can."""
-    if provider in ("torch", "torch.compile"):
+    """Why ``provider`` cannot be measured for ``op`` on ``device``; None if it can (PyTorch formulations, whatever
+    a benchmark module names them, always can)."""
+    if not provider.startswith("fastsn-"):
         return None
     return _backend.unavailable_reason(provider.removeprefix("fastsn-"), op, device)
 

@@ -112,7 +112,8 @@ def _jit_function(kernel: Any) -> Any:
 def _load_kernels():
     from fastsn.triton_kernels import bias_leaky_relu as blr_mod, build_info as bi_mod
     from fastsn.triton_kernels import gradient_penalty as gp_mod, interpolate as ip_mod, spectral_norm as sn_mod
-    return [bi_mod, sn_mod, blr_mod, gp_mod, ip_mod]
+    from fastsn.triton_kernels import minibatch_l1_similarity as ml_mod, minibatch_stddev as msd_mod
+    return [bi_mod, sn_mod, blr_mod, gp_mod, ip_mod, ml_mod, msd_mod]
 
 
 def capture(quick: bool = False) -> dict:
@@ -126,7 +127,7 @@ def capture(quick: bool = False) -> dict:
                 saved.append((module, name, obj))
                 setattr(module, name, _Recorder(_jit_function(obj), launches))
     try:
-        bi_mod, sn_mod, blr_mod, gp_mod, ip_mod = modules
+        bi_mod, sn_mod, blr_mod, gp_mod, ip_mod, ml_mod, msd_mod = modules
         for dtype in DTYPES:
             bi_mod.build_info_triton(torch.zeros(8, dtype=dtype))
             x = torch.zeros(2, 3, 4, dtype=dtype)
@@ -139,6 +140,12 @@ def capture(quick: bool = False) -> dict:
             ip_mod.interpolate_triton(x, x, torch.zeros(4, dtype=torch.float64 if dtype == torch.float64 else
                                                         torch.float32))
             ip_mod.interpolate_backward_triton(x, torch.zeros(4))
+            m = torch.zeros(5, 3, 4, dtype=dtype)
+            ml_mod.minibatch_l1_similarity_triton(m)
+            ml_mod.minibatch_l1_similarity_backward_triton(torch.zeros(5, 3, dtype=dtype), m)
+            x = torch.zeros(4, 4, 2, 2, dtype=dtype)
+            msd_mod.minibatch_stddev_triton(x, 2, 1)
+            msd_mod.minibatch_stddev_backward_triton(torch.zeros(4, 5, 2, 2, dtype=dtype), x, 2, 1)
         for (shape, dim), dtype in itertools.product(_sweep_shapes(quick), DTYPES):
             weight = torch.empty(shape, dtype=dtype)
             h = shape[dim]

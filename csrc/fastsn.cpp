@@ -62,6 +62,31 @@ TORCH_LIBRARY(fastsn, m) {
   FASTSN_BIAS_LEAKY_RELU_SCHEMAS("_triton")
 #undef FASTSN_BIAS_LEAKY_RELU_SCHEMAS
 
+  // Minibatch discrimination (fastsn/ops/minibatch_l1_similarity.py): M (N, B, C) -> o (N, B),
+  // o[i, b] = sum_{j != i} exp(-sum_c |M[i, b, c] - M[j, b, c]|), without the (N, N, B) tensor. Its backward is an op,
+  // dM[i, b, c] = -sum_{j != i} (grad[i, b] + grad[j, b]) e_ij sign(M[i, b, c] - M[j, b, c]); the backward's own
+  // gradient is a differentiable PyTorch formula (registered from Python).
+#define FASTSN_MINIBATCH_L1_SIMILARITY_SCHEMAS(SUFFIX)                                                         \
+  m.def("minibatch_l1_similarity" SUFFIX "(Tensor M) -> Tensor", {at::Tag::pt2_compliant_tag});              \
+  m.def("minibatch_l1_similarity_backward" SUFFIX "(Tensor grad, Tensor M) -> Tensor",                        \
+        {at::Tag::pt2_compliant_tag});
+  FASTSN_MINIBATCH_L1_SIMILARITY_SCHEMAS("")
+  FASTSN_MINIBATCH_L1_SIMILARITY_SCHEMAS("_triton")
+#undef FASTSN_MINIBATCH_L1_SIMILARITY_SCHEMAS
+
+  // Minibatch standard deviation (fastsn/ops/minibatch_stddev.py): x (N, C, *spatial) -> cat([x, stats], 1) of shape
+  // (N, C + num_channels, *spatial), groups of G = min(group_size, N) samples (see common/minibatch_stddev.h).
+  // Its backward is an op, dx from grad (N, C + num_channels, *spatial); the backward's own gradient is a
+  // differentiable PyTorch formula (registered from Python).
+#define FASTSN_MINIBATCH_STDDEV_SCHEMAS(SUFFIX)                                                                \
+  m.def("minibatch_stddev" SUFFIX "(Tensor x, int group_size, int num_channels) -> Tensor",                  \
+        {at::Tag::pt2_compliant_tag});                                                                        \
+  m.def("minibatch_stddev_backward" SUFFIX "(Tensor grad, Tensor x, int group_size, int num_channels) -> Tensor", \
+        {at::Tag::pt2_compliant_tag});
+  FASTSN_MINIBATCH_STDDEV_SCHEMAS("")
+  FASTSN_MINIBATCH_STDDEV_SCHEMAS("_triton")
+#undef FASTSN_MINIBATCH_STDDEV_SCHEMAS
+
   // Gradient penalty head (fastsn/ops/gradient_penalty.py): from the input gradients grad (B, N), one pass per
   // sample gives its norm n_i, the penalty weight * mean_i phi(n_i) and its gradient d penalty / d grad (B, N).
   // mode 0: phi = (n - center)^2 (wgan-gp, dragan); 1: max(0, n - center)^2 (wgan-lp); 2: n^2 (r1, r2).

@@ -1,0 +1,62 @@
+"""``fastsn.nn.MinibatchDiscrimination``: minibatch discrimination (Salimans et al. 2016) on the fused op
+``fastsn.ops.minibatch_l1_similarity``, in O(N * B * C) memory."""
+from __future__ import annotations
+
+import torch
+
+from fastsn.ops.minibatch_l1_similarity import minibatch_l1_similarity
+
+
+class MinibatchDiscrimination(torch.nn.Module):
+    """cat([x, o], 1) with o[i, b] = sum_{j != i} exp(-||M[i, b] - M[j, b]||_1), M = x @ T viewed as (N, B, C).
+
+    The parameter ``T`` (in_features, out_features, kernel_dims), its N(0, 1) initialization and the output are those
+    of torchgan's ``MinibatchDiscrimination1d(in_features, out_features, intermediate_features)`` (which sums over
+    every j and subtracts the self term, 1), so its state_dicts load both ways (without ``bias``).
+
+    Args:
+        in_features: F, the features of the input (N, F).
+        out_features: B, the number of similarity kernels (features appended).
+        kernel_dims: C, the dims of each kernel.
+        mean: divide o by N - 1, the number of other samples (torchgan's ``mean``). A batch of one sample has no
+            other sample: o is then 0 (not 0 / 0).
+        bias: add a learned per-kernel bias ``bias`` (out_features,), initialized to zeros, to o (after ``mean``), as
+            in the original paper's code (improved-gan's MinibatchLayer).
+    """
+
+    def __init__(self, in_features: int, out_features: int, kernel_dims: int = 16, *, mean: bool = False,
+                 bias: bool = False) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features),
+                            ("kernel_dims", kernel_dims)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"MinibatchDiscrimination(): argument '{name}' must be a positive int, got {value!r}")
+        self.in_features, self.out_features, self.kernel_dims, self.mean = in_features, out_features, kernel_dims, mean
+        self.T = torch.nn.Parameter(torch.empty(in_features, out_features, kernel_dims))
+        self.bias = torch.nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """T ~ N(0, 1) (torchgan's initialization); bias = 0."""
+        torch.nn.init.normal_(self.T, 0.0, 1.0)
+        if self.bias is not None:
+            torch.nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (N, in_features). Returns: cat([x, o], 1), (N, in_features + out_features)."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.in_features:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"MinibatchDiscrimination.forward(): argument 'x' must have shape (N, {self.in_features}) "
+                             f"(in_features={self.in_features}), got {shape}")
+        n = x.shape[0]
+        m = (x @ self.T.view(self.in_features, -1).to(x.dtype)).view(n, self.out_features, self.kernel_dims)
+        o = minibatch_l1_similarity(m)
+        if self.mean:
+            o = o / max(n - 1, 1)  # N = 1: o is 0 (no other sample)
+        if self.bias is not None:
+            o = o + self.bias.to(o.dtype)
+        return torch.cat([x, o], 1)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}, {self.out_features}, kernel_dims={self.kernel_dims}, mean={self.mean}, "
+                f"bias={self.bias is not None}")

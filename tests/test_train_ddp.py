@@ -45,8 +45,8 @@ def _worker(rank: int, init_file: str, results: dict) -> None:
                                torch.Generator().manual_seed(70 + rank))
         grads = {n: p.grad.clone() for n, p in D.named_parameters()}
         # a whole run: every rank must end with the same state
-        result = train(TrainConfig(steps=3, batch_size=2 * HALF, sn=True, gp="r1", mbstd=True,
-                                   mbd=hasattr(fastsn.nn, "MinibatchDiscrimination"), backend="torch"), evaluate=False)
+        result = train(TrainConfig(steps=3, batch_size=2 * HALF, sn=True, gp="r1", mbstd=True, mbd=True),
+                       evaluate=False)
         state = {f"{k}.{n}": v.clone() for k, m in (("G", result.G), ("D", result.D))
                  for n, v in m.state_dict().items()}
         results[rank] = {"grads": grads, "state": state, "world": result.world_size}

@@ -43,15 +43,6 @@ class ModelOptions:
     mbstd: bool = False
 
 
-def _fastsn_module(name: str) -> type:
-    """A module of ``fastsn.nn`` that may not exist in this build (minibatch layers came with issue 5)."""
-    module = getattr(fastsn.nn, name, None)
-    if module is None:
-        raise RuntimeError(f"--backend fastsn needs fastsn.nn.{name}, which this fastsn does not have: use "
-                           "--backend torch, or a fastsn with minibatch discrimination (issue 5)")
-    return module
-
-
 class _Parts:
     """The backend's layer constructors."""
 
@@ -74,7 +65,7 @@ class _Parts:
 
     def mbd(self, features: int) -> torch.nn.Module:
         if self.options.backend == "fastsn":
-            layer = _fastsn_module("MinibatchDiscrimination")(features, MBD_KERNELS, MBD_KERNEL_DIMS)
+            layer = fastsn.nn.MinibatchDiscrimination(features, MBD_KERNELS, MBD_KERNEL_DIMS)
         else:
             layer = twins.NaiveMinibatchDiscrimination(features, MBD_KERNELS, MBD_KERNEL_DIMS)
         # N(0, 1) (torchgan's init) makes |M_i - M_j|_1 ~ sqrt(F) C, so every exp(-.) underflows and the layer has
@@ -85,7 +76,7 @@ class _Parts:
 
     def mbstd(self) -> torch.nn.Module:
         if self.options.backend == "fastsn":
-            return _fastsn_module("MinibatchStdDev")(MBSTD_GROUP, 1)
+            return fastsn.nn.MinibatchStdDev(MBSTD_GROUP, 1)
         return twins.MinibatchStdDevTwin(MBSTD_GROUP, 1)
 
 

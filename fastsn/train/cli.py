@@ -229,7 +229,8 @@ def run_main(args: argparse.Namespace, job: Job) -> dict:
     for label, settings in suites.MAIN.items():
         pair = {}
         for backend in BACKENDS:
-            config = _train_config(args, **settings, steps=steps, backend=backend, data="ring8")
+            common = {k: v for k, v in suites.MAIN_COMMON.items() if getattr(args, k) is None}
+            config = _train_config(args, **common, **settings, steps=steps, backend=backend, data="ring8")
             pair[backend] = records[f"{label} [{backend}]"] = job.run(config, f"{_slug(label)}-{backend}")
         if job.rank == 0:
             f, t = pair["fastsn"], pair["torch"]
@@ -238,7 +239,8 @@ def run_main(args: argparse.Namespace, job: Job) -> dict:
                          f"{f['metrics']['reverse_kl']:.3f} / {t['metrics']['reverse_kl']:.3f}",
                          f"{f['ms_per_step']:.2f} / {t['ms_per_step']:.2f}",
                          f"{t['ms_per_step'] / f['ms_per_step']:.2f}x"])
-    table = markdown_table(["ring8, " + f"{steps} steps", "modes (of 8)", "high quality %", "reverse KL",
+    batch = args.batch_size or suites.MAIN_COMMON["batch_size"]
+    table = markdown_table([f"ring8, {steps} steps, batch {batch}", "modes (of 8)", "high quality %", "reverse KL",
                             "ms per step", "torch / fastsn time"], rows)
     return {"job": "main", "steps": steps, "runs": records, "table": table,
             "note": "each cell: backend fastsn / backend torch"}

@@ -20,8 +20,10 @@ BACKENDS = ("fastsn", "torch")
 HIDDEN_2D = 128      # MLP width for the 2-D mixtures
 Z_DIM_2D = 16
 Z_DIM_IMAGE = 64
-MBD_KERNELS = 16     # minibatch discrimination: B kernels of C dims
-MBD_KERNEL_DIMS = 8
+# minibatch discrimination: B kernels of C dims. Small, because the torch twin's naive broadcast builds (N, N, B, C):
+# at N = 256 with 16 x 8 kernels a step took 970 ms on the 2-core VM (fastsn's kernel: 58 ms)
+MBD_KERNELS = 8
+MBD_KERNEL_DIMS = 4
 MBSTD_GROUP = 4
 
 
@@ -65,10 +67,11 @@ class _Parts:
 
     def mbd(self, features: int) -> torch.nn.Module:
         if self.options.backend == "fastsn":
-            layer = fastsn.nn.MinibatchDiscrimination(features, MBD_KERNELS, MBD_KERNEL_DIMS)
+            layer = fastsn.nn.MinibatchDiscrimination(features, MBD_KERNELS, MBD_KERNEL_DIMS, mean=True)
         else:
-            layer = twins.NaiveMinibatchDiscrimination(features, MBD_KERNELS, MBD_KERNEL_DIMS)
-        # N(0, 1) (torchgan's init) makes |M_i - M_j|_1 ~ sqrt(F) C, so every exp(-.) underflows and the layer has
+            layer = twins.NaiveMinibatchDiscrimination(features, MBD_KERNELS, MBD_KERNEL_DIMS, mean=True)
+        # mean=True: o in [0, 1] whatever the batch (summed, a collapsed batch gives o = N - 1 = 255 and D's first
+        # loss was 39, saturating D at once). N(0, 1) (torchgan's init) makes |M_i - M_j|_1 ~ sqrt(F) C, so every exp(-.) underflows and the layer has
         # no gradient: scale T so that M = x @ T has entries of x's size
         with torch.no_grad():
             layer.T.mul_(1.0 / math.sqrt(features))

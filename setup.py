@@ -217,7 +217,7 @@ write_build_config(_facts)
 
 setup(
     version=VERSION,
-    packages=["fastsn", "fastsn.ops", "fastsn.nn", "fastsn.nn.utils", "fastsn.triton_kernels"],
+    packages=["fastsn", "fastsn.ops", "fastsn.nn", "fastsn.nn.utils", "fastsn.train", "fastsn.triton_kernels"],
     package_dir={"fastsn": "fastsn", "fastsn.triton_kernels": "triton_kernels"},
     ext_modules=[_ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

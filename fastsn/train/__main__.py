@@ -1,0 +1,6 @@
+"""``python -m fastsn.train``: the same as ``fastsn-train``."""
+import sys
+
+from fastsn.train.cli import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""Evaluation of a generator on its data set: the monitor's quick measures and the report's final metrics
+(definitions in :mod:`fastsn.train.metrics`). Draws use their own generators, so evaluating never changes the
+training's random streams."""
+from __future__ import annotations
+
+import pathlib
+from typing import Optional
+
+import torch
+
+from fastsn.train import metrics
+from fastsn.train.data import Dataset, GaussianMixture
+
+EVAL_SAMPLES_2D = 2500          # VEEGAN / PacGAN
+EVAL_SAMPLES_DIGITS = 26000     # PacGAN's stacked-MNIST count
+PRDC_SAMPLES = 2500
+MONITOR_SAMPLES = 500
+EVAL_SEED = 12345
+
+
+@torch.no_grad()
+def sample_generator(G: torch.nn.Module, n: int, z_dim: int, seed: int, device: torch.device,
+                     chunk: int = 4096) -> torch.Tensor:
+    """n samples of G in eval mode (batch norm on running statistics), from latents drawn with ``seed``.
+
+    Returns:
+        (n, ...) float32 on the CPU.
+    """
+    dtype = next(G.parameters()).dtype
+    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    was_training = G.training
+    G.eval()
+    try:
+        return torch.cat([G(z[i:i + chunk].to(device)).float().cpu() for i in range(0, n, chunk)])
+    finally:
+        G.train(was_training)
+
+
+class Evaluator:
+    """Measures G on one data set.
+
+    Args:
+        data: the data set; cache_dir: where the digit classifier is cached (stacked digits only).
+    """
+
+    def __init__(self, data: Dataset, cache_dir: Optional[pathlib.Path] = None) -> None:
+        self.data = data
+        self.classifier = None
+        if not isinstance(data, GaussianMixture):
+            from fastsn.train.classifier import load_classifier
+            self.classifier = load_classifier(data, cache_dir)
+        self.monitor_real = data.sample(MONITOR_SAMPLES, torch.Generator().manual_seed(EVAL_SEED + 1))
+
+    def modes_hit(self, samples: torch.Tensor) -> int:
+        """Modes hit by samples: 2-D, nearest to a high-quality sample; digits, classified into."""
+        if self.classifier is None:
+            return metrics.mixture_metrics(samples, self.data.centers, self.data.std)["modes"]
+        return int(torch.unique(self.classifier.modes(samples)).numel())
+
+    def monitor(self, G: torch.nn.Module, z_dim: int, step: int, device: torch.device) -> tuple[int, float]:
+        """(modes hit, fake/real mean pairwise-distance ratio) on 500 samples."""
+        fake = sample_generator(G, MONITOR_SAMPLES, z_dim, EVAL_SEED + 2 + step, device)
+        return self.modes_hit(fake), metrics.pairwise_distance_ratio(fake, self.monitor_real)
+
+    def final(self, G: torch.nn.Module, z_dim: int, device: torch.device) -> tuple[dict, torch.Tensor]:
+        """The report's metrics.
+
+        Returns:
+            (metrics dict, the samples drawn: (2500, 2) or (26000, 3, 8, 8)).
+        """
+        real_gen = torch.Generator().manual_seed(EVAL_SEED + 3)
+        if self.classifier is None:
+            fake = sample_generator(G, EVAL_SAMPLES_2D, z_dim, EVAL_SEED, device)
+            real = self.data.sample(EVAL_SAMPLES_2D, real_gen)
+            result = metrics.mixture_metrics(fake, self.data.centers, self.data.std)
+            result.update(metrics.prdc(real, fake))
+            return result, fake
+        fake = sample_generator(G, EVAL_SAMPLES_DIGITS, z_dim, EVAL_SEED, device)
+        real, _ = self.data.sample_with_modes(EVAL_SAMPLES_DIGITS, real_gen)
+        result = metrics.mode_histogram_metrics(self.classifier.modes(fake), self.data.n_modes)
+        floor = metrics.mode_histogram_metrics(self.classifier.modes(real), self.data.n_modes)
+        result.update({"real_modes": floor["modes"], "real_reverse_kl": floor["reverse_kl"],
+                       "classifier_accuracy": self.classifier.accuracy})
+        result.update(metrics.prdc(self.classifier.features(real[:PRDC_SAMPLES]),
+                                   self.classifier.features(fake[:PRDC_SAMPLES])))
+        return result, fake

@@ -1,0 +1,232 @@
+"""The training loop: n_critic D steps then one G step per step, Adam with TTUR learning rates, the gradient
+penalty of the backend, the collapse monitor, and DistributedDataParallel when torch.distributed is initialized
+(each process draws its own share of the batch; gradients are averaged by DDP, so the penalty of the global batch is
+the mean of the per-process penalties).
+
+D's step runs inside ``fastsn.grouped_spectral_norm(D)`` (backend fastsn) or
+``torch.nn.utils.parametrize.cached()`` (backend torch): each spectral norm's power iteration runs once per step
+(not once per forward) in both, so the two backends compute the same thing.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+import fastsn
+from fastsn.train import losses
+from fastsn.train.config import DEFAULT_GP_WEIGHT, TrainConfig
+from fastsn.train.data import make_dataset
+from fastsn.train.evaluate import Evaluator
+from fastsn.train.models import ModelOptions, build_models, z_dim
+from fastsn.train.monitor import Check, CollapseMonitor
+from fastsn.train.penalties import gradient_penalty
+
+ADAM_BETAS = (0.5, 0.9)
+# seeds of the independent random streams (data, latents, penalty draws): offsets from --seed, times the rank
+_STREAMS = {"data": 1, "z": 2, "gp": 3}
+
+
+@dataclass
+class RunResult:
+    """What one run produced.
+
+    Attributes:
+        config: the settings (with the penalty as it ended, after any strengthening).
+        history: {"step", "d_loss", "g_loss", "penalty"}: one entry per step (losses of the step's last D update).
+        checks: the monitor's checks; events: its collapse events (with what was done).
+        metrics: final metrics (rank 0; {} elsewhere). ms_per_step: training time per step, monitor excluded.
+        samples: the final evaluation's samples (for pictures). G, D: the trained modules (unwrapped).
+        stopped_at: the step a "stop" event ended training at, else None.
+    """
+    config: dict
+    history: dict[str, list]
+    checks: list[Check]
+    events: list[dict]
+    metrics: dict
+    ms_per_step: float
+    samples: Optional[torch.Tensor]
+    G: torch.nn.Module
+    D: torch.nn.Module
+    stopped_at: Optional[int] = None
+    world_size: int = 1
+
+
+class _Pair(torch.nn.Module):
+    """D on real and on fake batches in one call: one DDP forward per backward, while minibatch layers still see
+    real and fake samples apart. Returns (scores on real (N, 1), scores on fake (N, 1))."""
+
+    def __init__(self, D: torch.nn.Module) -> None:
+        super().__init__()
+        self.D = D
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.D(real), self.D(fake)
+
+
+def _spectral_norm_block(backend: str, D: torch.nn.Module) -> contextlib.AbstractContextManager:
+    if backend == "fastsn":
+        return fastsn.grouped_spectral_norm(D)
+    return torch.nn.utils.parametrize.cached()
+
+
+@contextlib.contextmanager
+def _frozen(module: torch.nn.Module) -> Iterator[None]:
+    """No parameter gradients for ``module`` in the block (G's step does not need D's)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sigmas(D: torch.nn.Module) -> dict[str, float]:
+    return {name: float(sigma) for name, sigma in fastsn.spectral_norms(D).items()}
+
+
+def discriminator_backward(backend: str, pair: torch.nn.Module, D: torch.nn.Module, real: torch.Tensor,
+                           fake: torch.Tensor, loss: str, gp_kind: str, gp_weight: float,
+                           gp_generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's loss and penalty on one batch, backpropagated into D's gradients (one spectral-norm refresh).
+
+    Args:
+        backend: "fastsn" or "torch"; pair: D on (real, fake) (a :class:`_Pair`, DDP-wrapped under DDP); D: the bare D
+            (the penalty's extra forward runs on it: its parameter gradients join the same DDP all-reduce, which
+            fires once per parameter per backward).
+        real, fake: (N, ...) batches; loss: the adversarial loss; gp_kind, gp_weight, gp_generator: the penalty.
+
+    Returns:
+        (D's loss, the penalty), detached scalars.
+    """
+    with _spectral_norm_block(backend, D):
+        real_scores, fake_scores = pair(real, fake)
+        loss_d = losses.d_loss(loss, real_scores, fake_scores)
+        penalty = (gradient_penalty(backend, D, real, fake, gp_kind, gp_weight, gp_generator)
+                   if gp_kind != "none" else torch.zeros((), device=real.device))
+        (loss_d + penalty).backward()
+    return loss_d.detach(), penalty.detach()
+
+
+def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] = None,
+          evaluate: bool = True, initial: Optional[tuple[dict, dict]] = None) -> RunResult:
+    """Train G and D per ``config`` and evaluate G.
+
+    Args:
+        config: the settings (validated here).
+        progress: called after every step with (step, {"d_loss", "g_loss", "modes"}) on rank 0.
+        evaluate: run the collapse monitor and the final metrics (False: training only, e.g. for --compare).
+        initial: (G's, D's) state_dicts to start from instead of the seeded initialization (--compare starts both
+            backends from one state: their spectral norms' 15 registration iterations round differently).
+
+    Returns:
+        The run's :class:`RunResult`.
+    """
+    config.validate()
+    rank, world = _world()
+    if config.batch_size % world:
+        raise ValueError(f"--batch-size: {config.batch_size} does not split over {world} processes")
+    device = torch.device(config.device)
+    if device.type == "cuda" and device.index is None and world > 1:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    batch = config.batch_size // world
+    data = make_dataset(config.data)
+    latent = z_dim(config.data)
+    options = ModelOptions(config.data, config.backend, config.sn, config.mbd, config.mbstd)
+    G, D = build_models(options, config.seed)
+    if initial is not None:
+        G.load_state_dict(initial[0])
+        D.load_state_dict(initial[1])
+    dtype = getattr(torch, config.dtype)
+    G, D = G.to(device, dtype), D.to(device, dtype)
+    train_G, train_pair = G, _Pair(D)
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        train_G = torch.nn.parallel.DistributedDataParallel(G, device_ids=ids)
+        train_pair = torch.nn.parallel.DistributedDataParallel(train_pair, device_ids=ids)
+    opt_g = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=ADAM_BETAS)
+    opt_d = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=ADAM_BETAS)
+    # --lr-decay: constant for the first half, then linearly to 0 (G's last steps settle onto the modes)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, 2.0 * (1.0 - s / config.steps)))
+                 for o in (opt_g, opt_d)] if config.lr_decay else []
+    streams = {name: torch.Generator().manual_seed(config.seed * 1000 + offset + 100 * rank)
+               for name, offset in _STREAMS.items()}
+    gp_generator = streams["gp"] if device.type == "cpu" else torch.Generator(device).manual_seed(
+        config.seed * 1000 + _STREAMS["gp"] + 100 * rank)
+    gp_kind, gp_weight = config.gp, config.penalty_weight
+    evaluator = Evaluator(data, config.cache_dir) if evaluate and rank == 0 else None
+    monitor = CollapseMonitor(config.on_collapse)
+    history: dict[str, list] = {"step": [], "d_loss": [], "g_loss": [], "penalty": []}
+    train_seconds, stopped_at, last_modes = 0.0, None, None
+
+    for step in range(1, config.steps + 1):
+        started = time.perf_counter()
+        for _ in range(config.n_critic):
+            real = data.sample(batch, streams["data"]).to(device, dtype)
+            z = torch.randn(batch, latent, generator=streams["z"]).to(device, dtype)
+            with torch.no_grad():
+                fake = train_G(z)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d, penalty = discriminator_backward(config.backend, train_pair, D, real, fake, config.loss, gp_kind,
+                                                     gp_weight, gp_generator)
+            opt_d.step()
+        z = torch.randn(batch, latent, generator=streams["z"]).to(device, dtype)
+        opt_g.zero_grad(set_to_none=True)
+        with _frozen(D), _spectral_norm_block(config.backend, D):
+            loss_g = losses.g_loss(config.loss, D(train_G(z)))
+            loss_g.backward()
+        opt_g.step()
+        for schedule in schedules:
+            schedule.step()
+        train_seconds += time.perf_counter() - started
+        history["step"].append(step)
+        history["d_loss"].append(loss_d.item())
+        history["g_loss"].append(loss_g.item())
+        history["penalty"].append(penalty.item())
+
+        stop = False
+        if evaluator is not None and (step % config.check_every == 0 or step == config.steps):
+            modes, diversity = evaluator.monitor(G, latent, step, device)
+            last_modes = modes
+            event = monitor.check(Check(step, modes, diversity, _sigmas(D)))
+            if event is not None:
+                if config.on_collapse == "strengthen":
+                    if gp_kind == "none":
+                        gp_kind, gp_weight = "r1", DEFAULT_GP_WEIGHT["r1"]
+                    else:
+                        gp_weight *= 2
+                    event.update({"gp": gp_kind, "gp_weight": gp_weight})
+                warnings.warn(f"fastsn-train: collapse at step {step}: {event['measure']} fell to "
+                              f"{event['value']:.3g} from {event['best']:.3g} ({config.on_collapse})", stacklevel=2)
+                stop = config.on_collapse == "stop"
+        if world > 1 and config.on_collapse == "stop":
+            flag = torch.tensor([1.0 if stop else 0.0], device=device)
+            dist.broadcast(flag, 0)  # rank 0 decides; every process must leave the loop at the same step
+            stop = bool(flag.item())
+        if progress is not None and rank == 0:
+            progress(step, {"d_loss": history["d_loss"][-1], "g_loss": history["g_loss"][-1], "modes": last_modes})
+        if stop:
+            stopped_at = step
+            break
+
+    final, samples = ({}, None)
+    if evaluator is not None:
+        final, samples = evaluator.final(G, latent, device)
+    steps_done = len(history["step"])
+    used = config.to_dict()
+    used.update({"gp": gp_kind, "gp_weight": gp_weight})
+    return RunResult(used, history, monitor.checks, monitor.events, final, 1000 * train_seconds / max(steps_done, 1),
+                     samples, G, D, stopped_at, world)

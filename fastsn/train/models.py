@@ -1,0 +1,159 @@
+"""Generators and discriminators of the reference trainer, built for one backend.
+
+``backend="fastsn"`` uses fastsn's modules (spectral norm, ``FusedLeakyReLU``, ``MinibatchDiscrimination``,
+``MinibatchStdDev``); ``backend="torch"`` uses plain PyTorch modules of the same shapes and parameter names
+(``torch.nn.utils.parametrizations.spectral_norm`` and :mod:`fastsn.train.twins`). Built under the same seed, the
+two have identical weights and spectral-norm vectors: fastsn's spectral norm draws u and v as torch's does.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import fastsn
+from fastsn.train import twins
+
+BACKENDS = ("fastsn", "torch")
+HIDDEN_2D = 128      # MLP width for the 2-D mixtures
+Z_DIM_2D = 16
+Z_DIM_IMAGE = 64
+# minibatch discrimination: B kernels of C dims. Small, because the torch twin's naive broadcast builds (N, N, B, C):
+# at N = 256 with 16 x 8 kernels a step took 970 ms on the 2-core VM (fastsn's kernel: 58 ms)
+MBD_KERNELS = 8
+MBD_KERNEL_DIMS = 4
+MBSTD_GROUP = 4
+
+
+@dataclass
+class ModelOptions:
+    """What shapes the networks.
+
+    Attributes:
+        data: "ring8", "grid25" or "stacked-digits".
+        backend: "fastsn" or "torch".
+        sn: spectral norm on every Linear/Conv layer of D.
+        mbd: minibatch discrimination before D's last layer.
+        mbstd: minibatch std-dev before D's last layer (or last conv block).
+    """
+    data: str
+    backend: str
+    sn: bool = False
+    mbd: bool = False
+    mbstd: bool = False
+
+
+class _Parts:
+    """The backend's layer constructors."""
+
+    def __init__(self, options: ModelOptions) -> None:
+        if options.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {options.backend!r}: choose one of {', '.join(BACKENDS)}")
+        self.options = options
+        fast = options.backend == "fastsn"
+        self.sn: Callable[[torch.nn.Module], torch.nn.Module] = (
+            fastsn.spectral_norm if fast else torch.nn.utils.parametrizations.spectral_norm)
+
+    def weight(self, layer: torch.nn.Module) -> torch.nn.Module:
+        return self.sn(layer) if self.options.sn else layer
+
+    def act(self, channels: int) -> torch.nn.Module:
+        # bias-free layers followed by a bias + leaky ReLU: fastsn fuses the pair (and its double backward)
+        if self.options.backend == "fastsn":
+            return fastsn.nn.FusedLeakyReLU(channels, 0.2, scale=1.0)
+        return twins.BiasLeakyReLU(channels, 0.2, scale=1.0)
+
+    def mbd(self, features: int) -> torch.nn.Module:
+        if self.options.backend == "fastsn":
+            layer = fastsn.nn.MinibatchDiscrimination(features, MBD_KERNELS, MBD_KERNEL_DIMS, mean=True)
+        else:
+            layer = twins.NaiveMinibatchDiscrimination(features, MBD_KERNELS, MBD_KERNEL_DIMS, mean=True)
+        # mean=True: o in [0, 1] whatever the batch (summed, a collapsed batch gives o = N - 1 = 255 and D's first
+        # loss was 39, saturating D at once). N(0, 1) (torchgan's init) makes |M_i - M_j|_1 ~ sqrt(F) C, so every exp(-.) underflows and the layer has
+        # no gradient: scale T so that M = x @ T has entries of x's size
+        with torch.no_grad():
+            layer.T.mul_(1.0 / math.sqrt(features))
+        return layer
+
+    def mbstd(self) -> torch.nn.Module:
+        if self.options.backend == "fastsn":
+            return fastsn.nn.MinibatchStdDev(MBSTD_GROUP, 1)
+        return twins.MinibatchStdDevTwin(MBSTD_GROUP, 1)
+
+
+def _head(parts: _Parts, features: int) -> list[torch.nn.Module]:
+    """[mbstd] [mbd] Linear(., 1) on (N, features) features."""
+    layers: list[torch.nn.Module] = []
+    if parts.options.mbstd:
+        layers.append(parts.mbstd())
+        features += 1
+    if parts.options.mbd:
+        layers.append(parts.mbd(features))
+        features += MBD_KERNELS
+    layers.append(parts.weight(torch.nn.Linear(features, 1)))
+    return layers
+
+
+def mlp_generator() -> torch.nn.Module:
+    """z (N, 16) -> x (N, 2): three ReLU layers of 128."""
+    h = HIDDEN_2D
+    return torch.nn.Sequential(torch.nn.Linear(Z_DIM_2D, h), torch.nn.ReLU(), torch.nn.Linear(h, h), torch.nn.ReLU(),
+                               torch.nn.Linear(h, h), torch.nn.ReLU(), torch.nn.Linear(h, 2))
+
+
+def mlp_discriminator(parts: _Parts) -> torch.nn.Module:
+    """x (N, 2) -> scores (N, 1): three bias-free Linear + bias/leaky-ReLU layers of 128, then the head."""
+    h = HIDDEN_2D
+    layers: list[torch.nn.Module] = []
+    for fan_in in (2, h, h):
+        layers += [parts.weight(torch.nn.Linear(fan_in, h, bias=False)), parts.act(h)]
+    return torch.nn.Sequential(*layers, *_head(parts, h))
+
+
+def conv_generator() -> torch.nn.Module:
+    """z (N, 64) -> x (N, 3, 8, 8) in [-1, 1]: DCGAN-style, 2x2 -> 4x4 -> 8x8 with batch norm."""
+    return torch.nn.Sequential(
+        torch.nn.Linear(Z_DIM_IMAGE, 128 * 2 * 2), torch.nn.Unflatten(1, (128, 2, 2)),
+        torch.nn.BatchNorm2d(128), torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(128, 64, 4, 2, 1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),   # (N, 64, 4, 4)
+        torch.nn.ConvTranspose2d(64, 32, 4, 2, 1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),    # (N, 32, 8, 8)
+        torch.nn.Conv2d(32, 3, 3, 1, 1), torch.nn.Tanh())
+
+
+def conv_discriminator(parts: _Parts) -> torch.nn.Module:
+    """x (N, 3, 8, 8) -> scores (N, 1): 8x8 -> 4x4 -> 2x2 bias-free convolutions + bias/leaky ReLU, then the head
+    on the 128 * 2 * 2 flattened features (minibatch std-dev as an extra channel of the 2x2 map)."""
+    layers: list[torch.nn.Module] = []
+    for c_in, c_out, k, s in ((3, 32, 3, 1), (32, 64, 4, 2), (64, 128, 4, 2)):
+        layers += [parts.weight(torch.nn.Conv2d(c_in, c_out, k, s, 1, bias=False)), parts.act(c_out)]
+    channels = 128
+    if parts.options.mbstd:
+        layers.append(parts.mbstd())
+        channels += 1
+    layers.append(torch.nn.Flatten())
+    features = channels * 2 * 2
+    if parts.options.mbd:
+        layers.append(parts.mbd(features))
+        features += MBD_KERNELS
+    layers.append(parts.weight(torch.nn.Linear(features, 1)))
+    return torch.nn.Sequential(*layers)
+
+
+def z_dim(data: str) -> int:
+    """The latent size of the generator for ``data``."""
+    return Z_DIM_IMAGE if data == "stacked-digits" else Z_DIM_2D
+
+
+def build_models(options: ModelOptions, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """G and D, initialized from ``seed`` (the same numbers for both backends).
+
+    Returns:
+        (G, D) on the CPU, in training mode.
+    """
+    parts = _Parts(options)
+    torch.manual_seed(seed)
+    if options.data == "stacked-digits":
+        return conv_generator(), conv_discriminator(parts)
+    return mlp_generator(), mlp_discriminator(parts)

@@ -1,0 +1,189 @@
+"""fastsn-train: a short run per option, the outputs, the config file, and clear errors for bad values."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+from fastsn.train import cli  # noqa: E402
+from fastsn.train.config import TrainConfig  # noqa: E402
+from fastsn.train.loop import train  # noqa: E402
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the trainer's CLI runs with one thread (these models lose time to thread synchronization on a shared CPU)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY = {"steps": 3, "batch_size": 16, "monitor_every": 1}
+
+OPTIONS = [
+    {"sn": True},
+    *({"gp": kind} for kind in ("wgan-gp", "wgan-lp", "r1", "r2", "dragan")),
+    {"gp": "wgan-gp", "gp_weight": 2.5, "loss": "wasserstein", "n_critic": 2},
+    *({"loss": kind} for kind in ("bce", "hinge", "wasserstein", "lsgan")),
+    {"lr_g": 1e-4, "lr_d": 4e-4},
+    {"mbd": True},
+    {"mbstd": True},
+    {"data": "grid25", "sn": True, "gp": "r1"},
+    {"data": "stacked-digits", "sn": True, "gp": "r1", "mbstd": True, "mbd": True},
+    {"on_collapse": "strengthen"},
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One digit-classifier cache for the module: the fit takes seconds, a cached load milliseconds."""
+    return str(tmp_path_factory.mktemp("fastsn-cache"))
+
+
+@pytest.mark.parametrize("backend", ["fastsn", "torch"])
+@pytest.mark.parametrize("settings", OPTIONS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_short_run_per_option(settings, backend, cache_dir):
+    config = TrainConfig(**{**TINY, **settings}, backend=backend, cache_dir=cache_dir)
+    result = train(config)
+    assert len(result.history["d_loss"]) == 3 and all(math.isfinite(v) for v in result.history["d_loss"])
+    assert [c.step for c in result.checks] == [1, 2, 3]
+    if settings.get("gp", "none") not in ("none", "wgan-lp"):  # wgan-lp is 0 while every norm is below 1
+        assert all(p > 0 for p in result.history["penalty"])
+    if settings.get("sn"):
+        assert result.checks[-1].sigmas and all(s > 0 for s in result.checks[-1].sigmas.values())
+    m = result.metrics
+    assert 0 <= m["modes"] <= m["n_modes"] and 0 <= m["precision"] <= 1
+    if settings.get("data") == "stacked-digits":
+        assert 0.85 < m["classifier_accuracy"] <= 1 and m["real_modes"] > 990 and m["real_reverse_kl"] < 0.1
+
+
+def test_strengthen_doubles_the_penalty_weight(monkeypatch):
+    # a monitor that sees a collapse at every check from the third on: the loop must act each time
+    from fastsn.train import loop
+    from fastsn.train.monitor import CollapseMonitor
+
+    class AlwaysCollapsing(CollapseMonitor):
+        def check(self, check):
+            self.checks.append(check)
+            if len(self.checks) < 3:
+                return None
+            event = {"step": check.step, "measure": "modes", "value": 0.0, "best": 8.0, "action": self.action}
+            self.events.append(event)
+            return event
+
+    monkeypatch.setattr(loop, "CollapseMonitor", AlwaysCollapsing)
+    with pytest.warns(UserWarning, match="collapse at step 3"):
+        result = train(TrainConfig(**{**TINY, "steps": 4}, gp="wgan-gp", on_collapse="strengthen"))
+    assert [(e["step"], e["gp_weight"]) for e in result.events] == [(3, 20.0), (4, 40.0)]
+    assert result.history["penalty"][3] > 0 and result.config["gp_weight"] == 40.0
+    with pytest.warns(UserWarning):
+        result = train(TrainConfig(**{**TINY, "steps": 4}, on_collapse="strengthen"))
+    assert result.events[0]["gp"] == "r1" and result.config["gp"] == "r1"
+    with pytest.warns(UserWarning):
+        result = train(TrainConfig(**{**TINY, "steps": 10}, on_collapse="stop"))
+    assert result.stopped_at == 3 and len(result.history["step"]) == 3
+
+
+def test_single_run_writes_report_pictures_and_table(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["--sn", "--gp", "r1", "--steps", "4", "--batch-size", "16", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    run = report["runs"]["run"]
+    assert run["config"]["sn"] is True and run["steps_done"] == 4 and len(run["history"]["d_loss"]) == 4
+    assert {"modes", "high_quality", "reverse_kl", "precision", "recall", "density", "coverage"} <= set(run["metrics"])
+    for picture in ("run-samples.png", "run-losses.png", "run-modes.png"):
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "| ring8-sn-gp=r1-bce-fastsn-seed0 |" in printed and "report.json" in printed
+
+
+def test_main_table_has_every_cure_and_both_backends(tmp_path, capsys):
+    out = tmp_path / "main"
+    assert cli.main(["--steps", "2", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for label in ("vanilla GAN", "spectral norm", "WGAN-GP", "R1", "minibatch discrimination"):
+        assert f"| {label} |" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["runs"]) == 10 and report["environment"]["torch"] == torch.__version__
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_config_file_same_keys_and_command_line_wins(tmp_path, suffix):
+    path = tmp_path / f"run{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps({"data": "grid25", "sn": True, "gp-weight": 3, "lr_g": 0.002, "steps": 7}))
+    else:
+        path.write_text('data = "grid25"\nsn = true\ngp-weight = 3\nlr_g = 0.002\nsteps = 7\n')
+    args, given = cli.parse(["--config", str(path), "--steps", "9"])
+    config = cli._train_config(args)
+    assert (config.data, config.sn, config.gp_weight, config.lr_g, config.steps) == ("grid25", True, 3.0, 0.002, 9)
+    assert "data" in given
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--gp", "wgan"], "argument --gp: invalid choice: 'wgan'"),
+    (["--data", "mnist"], "argument --data: invalid choice"),
+    (["--loss", "l1"], "argument --loss: invalid choice"),
+    (["--backend", "jax"], "argument --backend: invalid choice"),
+    (["--on-collapse", "panic"], "argument --on-collapse: invalid choice"),
+    (["--steps", "0"], "argument --steps: must be an integer >= 1"),
+    (["--steps", "ten"], "argument --steps: invalid value"),
+    (["--batch-size", "-4"], "argument --batch-size: must be an integer >= 1"),
+    (["--lr-g", "0"], "argument --lr-g: must be a positive number"),
+    (["--lr-d=-1e-3"], "argument --lr-d: must be a positive number"),
+    (["--gp-weight", "-1"], "argument --gp-weight: must be a number >= 0"),
+    (["--n-critic", "0"], "argument --n-critic: must be an integer >= 1"),
+    (["--batch-size", "1"], "--batch-size: must be an integer >= 2"),
+    (["--mbstd", "--batch-size", "30"], "--batch-size: --mbstd groups samples by 4"),
+    (["--device", "gpu0"], "--device: 'gpu0' is not a device"),
+])
+def test_bad_values_name_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv + ["--quiet"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"gp": "wgan"}', "(--config {path}): error: argument --gp: invalid choice: 'wgan'"),
+    ('{"steps": -3}', "argument --steps: must be an integer >= 1"),
+    ('{"sn": "yes"}', "argument --sn: must be true or false"),
+    ('{"learning_rate": 0.1}', "unknown setting 'learning_rate'"),
+    ('{"steps": [1, 2]}', "argument --steps: must be a single value"),
+    ("[1, 2]", "must hold a table of settings"),
+    ("{oops", "is not valid JSON"),
+])
+def test_bad_config_file_values_name_the_option_and_file(content, message, tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--config", str(path), "--quiet"])
+    assert exc.value.code == 2
+    assert message.format(path=path) in capsys.readouterr().err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--config", str(tmp_path / "nope.toml")])
+    assert "argument --config: cannot read" in capsys.readouterr().err
+
+
+def test_digit_classifier_is_fitted_once_and_cached(cache_dir):
+    import pathlib
+
+    from fastsn.train.classifier import load_classifier
+    from fastsn.train.data import make_dataset
+    data = make_dataset("stacked-digits")
+    first = load_classifier(data, cache_dir)
+    files = list(pathlib.Path(cache_dir).glob("digits-logreg-*.json"))
+    assert len(files) == 1
+    again = load_classifier(data, cache_dir)  # from the file
+    assert torch.equal(first.weight, again.weight) and first.accuracy == again.accuracy > 0.9
+    images, modes = data.sample_with_modes(500, torch.Generator().manual_seed(0))
+    assert (first.modes(images) == modes).float().mean() > 0.85  # three digits right at ~0.97 each

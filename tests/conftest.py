@@ -60,6 +60,16 @@ def seeded() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one CPU thread for the test, as the trainer's CLI runs (its small models lose time to thread
+    synchronization on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None) -> None:
     """torch.testing.assert_close with the tolerance of ``dtype`` (default: actual's dtype)."""
     rtol, atol = TOLERANCES.get(dtype or actual.dtype, (0.0, 0.0))

@@ -7,21 +7,12 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("sklearn")
-pytest.importorskip("matplotlib")
-from fastsn.train import cli  # noqa: E402
-from fastsn.train.config import TrainConfig  # noqa: E402
-from fastsn.train.loop import train  # noqa: E402
+from fastsn.train import cli
+from fastsn.train.config import TrainConfig
+from fastsn.train.loop import train
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the trainer's CLI runs with one thread (these models lose time to thread synchronization on a shared CPU)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = {"steps": 3, "batch_size": 16, "monitor_every": 1}

@@ -1,24 +1,16 @@
 """fastsn-train --compare: fastsn's modules and penalties against their plain-PyTorch twins, same seed, within the
-stated float32 tolerance; and a planted bug is caught."""
+stated float64 tolerance; and a planted bug is caught."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-pytest.importorskip("sklearn")
-from fastsn.train import cli, penalties  # noqa: E402
-from fastsn.train.compare import INITIAL_TOLERANCE, TOLERANCE, _state, compare, initial_models  # noqa: E402
-from fastsn.train.config import TrainConfig  # noqa: E402
+from fastsn.train import cli, penalties
+from fastsn.train.compare import INITIAL_TOLERANCE, TOLERANCE, _state, compare, initial_models
+from fastsn.train.config import TrainConfig
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the trainer's CLI runs with one thread (these models lose time to thread synchronization on a shared CPU)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CASES = [

@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("sklearn")
-from fastsn.train.data import make_dataset, grid25_centers, ring8_centers  # noqa: E402
+from fastsn.train.data import make_dataset, grid25_centers, ring8_centers
 
 
 def test_ring8_has_eight_distinct_modes_at_radius_two():

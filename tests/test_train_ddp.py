@@ -14,12 +14,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-pytest.importorskip("sklearn")
-import fastsn  # noqa: E402
-from fastsn.train import losses  # noqa: E402
-from fastsn.train.config import TrainConfig  # noqa: E402
-from fastsn.train.loop import _Pair, discriminator_backward, train  # noqa: E402
-from fastsn.train.models import ModelOptions, build_models  # noqa: E402
+import fastsn
+from fastsn.train import losses
+from fastsn.train.config import TrainConfig
+from fastsn.train.loop import _Pair, discriminator_backward, train
+from fastsn.train.models import ModelOptions, build_models
 
 WORLD = 2
 HALF = 8

@@ -6,9 +6,8 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("sklearn")
-from fastsn.train import metrics  # noqa: E402
-from fastsn.train.data import grid25_centers, ring8_centers  # noqa: E402
+from fastsn.train import metrics
+from fastsn.train.data import grid25_centers, ring8_centers
 
 STD = 0.02
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("sklearn")
-from fastsn.train.monitor import Check, CollapseMonitor  # noqa: E402
+from fastsn.train.monitor import Check, CollapseMonitor
 
 
 def _feed(monitor: CollapseMonitor, modes: list[int], diversity: list[float]) -> list[dict]:

@@ -15,6 +15,7 @@
 
 #include "common/build_info.h"
 #include "common/checks.h"
+#include "common/cuda_grid.cuh"
 
 namespace fastsn {
 namespace {
@@ -55,12 +56,6 @@ __global__ void build_info_kernel(const scalar_t* __restrict__ x, int64_t n, int
   }
 }
 
-int multiprocessor_count(int device) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
-
 at::Tensor build_info_cuda(const at::Tensor& x) {
   check_device(x, c10::DeviceType::CUDA, "fastsn::build_info", "x");
   check_floating(x, "fastsn::build_info", "x");
@@ -70,7 +65,7 @@ at::Tensor build_info_cuda(const at::Tensor& x) {
   at::Tensor out = at::zeros({L::kNumFields}, x.options().dtype(at::kLong));
   // Enough blocks to fill the GPU a few times over; the grid-stride loop covers the rest.
   const int64_t wanted = (n + kThreads - 1) / kThreads;
-  const int blocks = static_cast<int>(std::clamp<int64_t>(wanted, 1, 4 * multiprocessor_count(x.get_device())));
+  const int blocks = static_cast<int>(std::clamp<int64_t>(wanted, 1, 4 * sm_count(x.get_device())));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "build_info_cuda", [&] {
     build_info_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cuda_grid.cuh"
 #include "common/minibatch_stddev.h"
 
 namespace fastsn {
@@ -113,12 +114,6 @@ stddev_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __rest
   }
 }
 
-int blocks_for(int64_t n, int device) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return static_cast<int>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 8 * static_cast<int64_t>(sms)));
-}
-
 std::vector<int64_t> output_shape(const at::Tensor& x, const MinibatchStddevShape& s) {
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape[1] = s.c + s.f;
@@ -141,7 +136,8 @@ at::Tensor minibatch_stddev_cuda(const at::Tensor& x, int64_t group_size, int64_
     stddev_stats_kernel<scalar_t, acc_t><<<static_cast<unsigned>(s.m * s.f), kThreads, 0, stream>>>(
         xc.const_data_ptr<scalar_t>(), s, stat.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    stddev_concat_kernel<scalar_t, acc_t><<<blocks_for(total, x.get_device()), kThreads, 0, stream>>>(
+    const int blocks = grid_stride_blocks(total, kThreads, x.get_device());
+    stddev_concat_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
         xc.const_data_ptr<scalar_t>(), stat.const_data_ptr<acc_t>(), s, total, out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -165,7 +161,8 @@ at::Tensor minibatch_stddev_backward_cuda(const at::Tensor& grad, const at::Tens
     stddev_gamma_kernel<scalar_t, acc_t><<<static_cast<unsigned>(s.m * s.f), kThreads, 0, stream>>>(
         gc.const_data_ptr<scalar_t>(), s, gamma.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    stddev_backward_kernel<scalar_t, acc_t><<<blocks_for(total, x.get_device()), kThreads, 0, stream>>>(
+    const int blocks = grid_stride_blocks(total, kThreads, x.get_device());
+    stddev_backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
         gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), gamma.const_data_ptr<acc_t>(), s, total,
         dx.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

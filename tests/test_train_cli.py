@@ -172,7 +172,7 @@ def test_digit_classifier_is_fitted_once_and_cached(cache_dir):
     from fastsn.train.data import make_dataset
     data = make_dataset("stacked-digits")
     first = load_classifier(data, cache_dir)
-    files = list(pathlib.Path(cache_dir).glob("digits-logreg-*.json"))
+    files = list(pathlib.Path(cache_dir).glob("digits-mlp-*.json"))
     assert len(files) == 1
     again = load_classifier(data, cache_dir)  # from the file
     assert torch.equal(first.weight, again.weight) and first.accuracy == again.accuracy > 0.9

@@ -1,8 +1,11 @@
-"""The digit classifier that labels stacked-digits samples: a multinomial logistic regression on the 64 pixels,
-fitted once (scikit-learn) on the digits held out from the GAN's training pool, and cached on disk as its weights
-(so later runs need neither scikit-learn's fit nor its pickles: labelling is one matrix product in torch).
+"""The digit classifier that labels stacked-digits samples: a one-hidden-layer perceptron on the 64 pixels (64 ReLU
+units, softmax over 10 digits), fitted once (scikit-learn's ``MLPClassifier``, fixed seed) on the digits held out from
+the GAN's training pool, and cached on disk as its weights (so later runs need neither scikit-learn's fit nor its
+pickles: labelling is two matrix products in torch). Its hidden layer is the penultimate layer that FID-local and
+precision/recall read, its softmax what IS-local reads.
 
-Its accuracy is measured on the GAN's training pool, which it never saw.
+Its accuracy is measured on the GAN's training pool, which it never saw (0.98; a logistic regression, the first
+version, reached 0.967).
 """
 from __future__ import annotations
 
@@ -16,8 +19,10 @@ import torch
 
 from fastsn.train.data import DIGITS_SPLIT_SEED, DIGITS_TRAIN, StackedDigits
 
-CACHE_VERSION = 1
-REGULARIZATION_C = 1.0
+CACHE_VERSION = 2
+HIDDEN = 64
+L2_ALPHA = 1e-2  # scikit-learn's alpha; 1e-4 gave the same accuracy
+FIT_SEED = 0
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -29,19 +34,31 @@ def default_cache_dir() -> pathlib.Path:
 
 @dataclass
 class DigitClassifier:
-    """logits = x @ weight.T + bias on 8x8 digits flattened to 64 values in [-1, 1].
+    """h = relu(x @ hidden_weight.T + hidden_bias), logits = h @ weight.T + bias, on each 8x8 digit flattened to 64
+    values in [-1, 1].
 
     Attributes:
-        weight: (10, 64); bias: (10,); accuracy: on the GAN's training pool (unseen in the fit).
+        hidden_weight: (64, 64); hidden_bias: (64,); weight: (10, 64); bias: (10,).
+        accuracy: on the GAN's training pool (unseen in the fit).
     """
+    hidden_weight: torch.Tensor
+    hidden_bias: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor
     accuracy: float
 
+    def hidden(self, images: torch.Tensor) -> torch.Tensor:
+        """Args: images (N, 3, 8, 8). Returns: (N, 3, 64) the penultimate layer, per channel."""
+        x = images.detach().float().cpu().reshape(images.shape[0], 3, 64)
+        return torch.relu(x @ self.hidden_weight.T + self.hidden_bias)
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Args: images (N, 3, 8, 8). Returns: (N, 3, 10) logits per channel."""
-        x = images.detach().float().cpu().reshape(images.shape[0], 3, 64)
-        return x @ self.weight.T + self.bias
+        return self.hidden(images) @ self.weight.T + self.bias
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Args: images (N, 3, 8, 8). Returns: (N, 3, 10) the softmax per channel."""
+        return self.logits(images).softmax(-1)
 
     def modes(self, images: torch.Tensor) -> torch.Tensor:
         """Args: images (N, 3, 8, 8). Returns: (N,) int64 modes 100 d0 + 10 d1 + d2."""
@@ -49,21 +66,29 @@ class DigitClassifier:
         return digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Args: images (N, 3, 8, 8). Returns: (N, 30) the concatenated logits, for precision/recall."""
-        return self.logits(images).reshape(images.shape[0], 30)
+        """Args: images (N, 3, 8, 8). Returns: (N, 192) the three channels' penultimate layers side by side (the
+        features of FID-local and precision/recall)."""
+        return self.hidden(images).reshape(images.shape[0], 3 * HIDDEN)
+
+
+_TENSORS = ("hidden_weight", "hidden_bias", "weight", "bias")
 
 
 def _fit(data: StackedDigits) -> DigitClassifier:
     try:
-        from sklearn.linear_model import LogisticRegression
+        from sklearn.neural_network import MLPClassifier
     except ImportError as e:
         raise ImportError("fitting the digit classifier needs scikit-learn: pip install 'fastsn[train]'") from e
-    model = LogisticRegression(C=REGULARIZATION_C, max_iter=2000)
+    model = MLPClassifier(hidden_layer_sizes=(HIDDEN,), alpha=L2_ALPHA, max_iter=2000, random_state=FIT_SEED)
     model.fit(data.held_images.reshape(-1, 64).numpy(), data.held_labels.numpy())
-    weight = torch.as_tensor(model.coef_, dtype=torch.float32)
-    bias = torch.as_tensor(model.intercept_, dtype=torch.float32)
-    predicted = (data.images.reshape(-1, 64) @ weight.T + bias).argmax(1)
-    return DigitClassifier(weight, bias, float((predicted == data.labels).float().mean()))
+    # scikit-learn stores (in, out) matrices
+    tensors = [torch.as_tensor(a, dtype=torch.float32) for a in
+               (model.coefs_[0].T, model.intercepts_[0], model.coefs_[1].T, model.intercepts_[1])]
+    classifier = DigitClassifier(*tensors, accuracy=0.0)
+    pool = data.images.reshape(-1, 1, 8, 8).expand(-1, 3, 8, 8)  # each training digit as a stack of three copies
+    predicted = classifier.logits(pool)[:, 0].argmax(1)
+    classifier.accuracy = float((predicted == data.labels).float().mean())
+    return classifier
 
 
 def load_classifier(data: StackedDigits, cache_dir: Optional[pathlib.Path] = None) -> DigitClassifier:
@@ -77,14 +102,14 @@ def load_classifier(data: StackedDigits, cache_dir: Optional[pathlib.Path] = Non
         The classifier.
     """
     cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache_dir / f"digits-logreg-v{CACHE_VERSION}-split{DIGITS_SPLIT_SEED}-{DIGITS_TRAIN}.json"
+    path = cache_dir / f"digits-mlp-v{CACHE_VERSION}-split{DIGITS_SPLIT_SEED}-{DIGITS_TRAIN}.json"
     if path.exists():
         saved = json.loads(path.read_text())
-        return DigitClassifier(torch.tensor(saved["weight"]), torch.tensor(saved["bias"]), saved["accuracy"])
+        return DigitClassifier(*(torch.tensor(saved[k]) for k in _TENSORS), accuracy=saved["accuracy"])
     classifier = _fit(data)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")  # written whole, then renamed: concurrent runs never read half
-    tmp.write_text(json.dumps({"weight": classifier.weight.tolist(), "bias": classifier.bias.tolist(),
-                               "accuracy": classifier.accuracy}))
+    saved = {k: getattr(classifier, k).tolist() for k in _TENSORS}
+    tmp.write_text(json.dumps(saved | {"accuracy": classifier.accuracy}))
     os.replace(tmp, path)
     return classifier

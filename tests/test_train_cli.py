@@ -28,6 +28,11 @@ OPTIONS = [
     {"data": "grid25", "sn": True, "gp": "r1"},
     {"data": "stacked-digits", "sn": True, "gp": "r1", "mbstd": True, "mbd": True},
     {"on_collapse": "strengthen"},
+    {"on_collapse": "strengthen", "strengthen": "mbd,lr-d,penalty"},
+    {"unroll": 2, "sn": True},
+    {"ttur": True, "lr_schedule": "cosine"},
+    {"lr_schedule": "linear"},
+    {"sn": True, "n_power_iterations": 5},
 ]
 
 
@@ -44,18 +49,22 @@ def test_short_run_per_option(settings, backend, cache_dir):
     result = train(config)
     assert len(result.history["d_loss"]) == 3 and all(math.isfinite(v) for v in result.history["d_loss"])
     assert [c.step for c in result.checks] == [1, 2, 3]
+    assert result.checks[-1].spectra and all(high >= low >= 0 for high, low in result.checks[-1].spectra.values())
     if settings.get("gp", "none") not in ("none", "wgan-lp"):  # wgan-lp is 0 while every norm is below 1
         assert all(p > 0 for p in result.history["penalty"])
     if settings.get("sn"):
         assert result.checks[-1].sigmas and all(s > 0 for s in result.checks[-1].sigmas.values())
     m = result.metrics
     assert 0 <= m["modes"] <= m["n_modes"] and 0 <= m["precision"] <= 1
+    assert m["fid_local"] >= 0 and 1 - 1e-9 <= m["is_local"] <= m["n_modes"] + 1e-9
+    assert m["real_fid_local"] < m["fid_local"] and m["real_is_local"] > m["is_local"]  # untrained G: far from data
+    assert (m["sliced_emd"] if settings.get("data") == "stacked-digits" else m["emd"]) > 0
     if settings.get("data") == "stacked-digits":
         assert 0.85 < m["classifier_accuracy"] <= 1 and m["real_modes"] > 990 and m["real_reverse_kl"] < 0.1
 
 
-def test_strengthen_doubles_the_penalty_weight(monkeypatch):
-    # a monitor that sees a collapse at every check from the third on: the loop must act each time
+def _always_collapsing(monkeypatch):
+    """A monitor that sees a collapse at every check from the third on: the loop must act each time."""
     from fastsn.train import loop
     from fastsn.train.monitor import CollapseMonitor
 
@@ -69,6 +78,10 @@ def test_strengthen_doubles_the_penalty_weight(monkeypatch):
             return event
 
     monkeypatch.setattr(loop, "CollapseMonitor", AlwaysCollapsing)
+
+
+def test_strengthen_doubles_the_penalty_weight(monkeypatch):
+    _always_collapsing(monkeypatch)
     with pytest.warns(UserWarning, match="collapse at step 3"):
         result = train(TrainConfig(**{**TINY, "steps": 4}, gp="wgan-gp", on_collapse="strengthen"))
     assert [(e["step"], e["gp_weight"]) for e in result.events] == [(3, 20.0), (4, 40.0)]
@@ -81,6 +94,71 @@ def test_strengthen_doubles_the_penalty_weight(monkeypatch):
     assert result.stopped_at == 3 and len(result.history["step"]) == 3
 
 
+@pytest.mark.parametrize("backend", ["fastsn", "torch"])
+def test_strengthen_policies_in_turn(monkeypatch, backend):
+    from fastsn.train.models import SwitchableFeatures
+    _always_collapsing(monkeypatch)
+    config = TrainConfig(**{**TINY, "steps": 6}, on_collapse="strengthen", strengthen="mbd,lr-d,penalty",
+                         backend=backend, lr_d=4e-4)
+    with pytest.warns(UserWarning, match="collapse at step 3"):
+        result = train(config)
+    changes = [(e["step"], e["policy"], e.get("mbd"), e.get("lr_d"), e.get("gp"), e.get("gp_weight"))
+               for e in result.events]
+    assert changes == [(3, "mbd", "switched on", None, None, None), (4, "lr-d", None, 2e-4, None, None),
+                       (5, "penalty", None, None, "r1", 1.0), (6, "penalty", None, None, "r1", 2.0)]
+    assert result.config["mbd_switched_on"] and result.config["lr_d"] == 2e-4
+    switch = next(m for m in result.D.modules() if isinstance(m, SwitchableFeatures))
+    assert switch.on.item() == 1.0
+
+
+def test_switched_off_minibatch_layer_gives_zeros_and_no_gradient():
+    from fastsn.train.models import ModelOptions, SwitchableFeatures, build_models
+    _, D = build_models(ModelOptions("ring8", "fastsn", mbd_switch=True), 0)
+    switch = next(m for m in D.modules() if isinstance(m, SwitchableFeatures))
+    x = torch.randn(8, 128)
+    y = switch(x)
+    assert y.shape == (8, 128 + 8) and torch.equal(y[:, :128], x) and torch.equal(y[:, 128:], torch.zeros(8, 8))
+    D(torch.randn(8, 2)).sum().backward()
+    assert torch.equal(switch.layer.T.grad, torch.zeros_like(switch.layer.T))
+    switch.switch_on()
+    assert switch(x)[:, 128:].abs().sum() > 0
+
+
+def test_learning_rates_and_schedules():
+    from fastsn.train.config import schedule_factor
+    assert TrainConfig().learning_rates == (1e-3, 1e-3)
+    assert TrainConfig(ttur=True).learning_rates == (1e-4, 4e-4)
+    assert TrainConfig(ttur=True, lr_g=2e-4).learning_rates == (2e-4, 4e-4)
+    assert TrainConfig(lr_decay=True).schedule == "decay" == TrainConfig(lr_schedule="decay").schedule
+    assert [schedule_factor("decay", s, 10) for s in (0, 5, 6, 9)] == pytest.approx([1, 1, 0.8, 0.2])
+    assert [schedule_factor("linear", s, 4) for s in range(4)] == pytest.approx([1, 0.75, 0.5, 0.25])
+    assert [schedule_factor("cosine", s, 4) for s in (0, 2)] == pytest.approx([1, 0.5])
+    result = train(TrainConfig(**TINY, lr_schedule="linear", ttur=True), evaluate=False)
+    assert result.config["lr_g"] == 1e-4 and result.config["lr_schedule"] == "linear"
+
+
+def test_power_iterations_reach_the_spectral_norms():
+    from fastsn.train.models import ModelOptions, build_models
+    for backend in ("fastsn", "torch"):
+        _, D = build_models(ModelOptions("ring8", backend, sn=True, n_power_iterations=5), 0)
+        assert D[0].parametrizations.weight[0].n_power_iterations == 5
+
+
+def test_cures_suite_table_and_picture(tmp_path, capsys):
+    out = tmp_path / "cures"
+    assert cli.main(["--suite", "cures", "--steps", "2", "--seeds", "2", "--data", "ring8", "--out", str(out),
+                     "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    from fastsn.train import suites
+    for label in suites.CURES:
+        assert f"| ring8 | {label} |" in printed
+    assert "FID-local" in printed and "EMD" in printed and "s CPU time" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["runs"]) == 2 * len(suites.CURES) and report["cpu_seconds"] > 0
+    assert (out / "cures-samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("ring8-*-samples.png"))  # one combined picture, not one per run
+
+
 def test_single_run_writes_report_pictures_and_table(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["--sn", "--gp", "r1", "--steps", "4", "--batch-size", "16", "--out", str(out), "--quiet"]) == 0
@@ -88,7 +166,9 @@ def test_single_run_writes_report_pictures_and_table(tmp_path, capsys):
     run = report["runs"]["run"]
     assert run["config"]["sn"] is True and run["steps_done"] == 4 and len(run["history"]["d_loss"]) == 4
     assert {"modes", "high_quality", "reverse_kl", "precision", "recall", "density", "coverage"} <= set(run["metrics"])
-    for picture in ("run-samples.png", "run-losses.png", "run-modes.png"):
+    assert {"fid_local", "is_local", "emd", "real_fid_local", "real_is_local", "real_emd"} <= set(run["metrics"])
+    assert run["checks"][-1]["spectra"] and run["checks"][-1]["sigmas"]
+    for picture in ("run-samples.png", "run-losses.png", "run-modes.png", "run-spectra.png"):
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "| ring8-sn-gp=r1-bce-fastsn-seed0 |" in printed and "report.json" in printed
@@ -133,6 +213,12 @@ def test_config_file_same_keys_and_command_line_wins(tmp_path, suffix):
     (["--batch-size", "1"], "--batch-size: must be an integer >= 2"),
     (["--mbstd", "--batch-size", "30"], "--batch-size: --mbstd groups samples by 4"),
     (["--device", "gpu0"], "--device: 'gpu0' is not a device"),
+    (["--unroll", "-1"], "argument --unroll: must be an integer >= 0"),
+    (["--n-power-iterations", "0"], "argument --n-power-iterations: must be an integer >= 1"),
+    (["--lr-schedule", "step"], "argument --lr-schedule: invalid choice: 'step'"),
+    (["--lr-decay", "--lr-schedule", "cosine"], "--lr-decay: is --lr-schedule decay; it contradicts"),
+    (["--strengthen", "mbd,more"], "--strengthen: invalid value 'mbd,more'"),
+    (["--suite", "cures", "--data", "stacked-digits"], "--data: --suite cures runs on the 2-D data sets"),
 ])
 def test_bad_values_name_the_option(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

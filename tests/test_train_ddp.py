@@ -1,6 +1,6 @@
 """fastsn-train under DistributedDataParallel with 2 CPU processes (gloo): D's gradients with the gradient penalty
-and spectral norm equal those of one process on the whole batch, every rank ends with the same weights and u, v,
-and ``torchrun --nproc_per_node=2 -m fastsn.train`` runs end to end."""
+and spectral norm equal those of one process on the whole batch, every rank ends with the same weights and u, v
+(also with unrolled G steps), and ``torchrun --nproc_per_node=2 -m fastsn.train`` runs end to end."""
 from __future__ import annotations
 
 import json
@@ -48,6 +48,10 @@ def _worker(rank: int, init_file: str, results: dict) -> None:
                        evaluate=False)
         state = {f"{k}.{n}": v.clone() for k, m in (("G", result.G), ("D", result.D))
                  for n, v in m.state_dict().items()}
+        # unrolled G steps: G's DDP wrapper runs K + 1 forwards before one backward
+        unrolled = train(TrainConfig(steps=2, batch_size=2 * HALF, sn=True, unroll=2), evaluate=False)
+        state.update({f"unrolled.{k}.{n}": v.clone() for k, m in (("G", unrolled.G), ("D", unrolled.D))
+                      for n, v in m.state_dict().items()})
         results[rank] = {"grads": grads, "state": state, "world": result.world_size}
     finally:
         dist.destroy_process_group()

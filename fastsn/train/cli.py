@@ -4,6 +4,7 @@ Modes:
     no run option          the main table: vanilla GAN, spectral norm, WGAN-GP, R1 and minibatch discrimination on
                            ring8, each with backend fastsn and backend torch (--steps/--seed/--device/--out apply)
     --suite efficacy       the best configuration and a vanilla GAN over --seeds seeds per data set (--data picks one)
+    --suite cures          every cure on ring8 and grid25 over --seeds seeds: one table, one picture of the samples
     run options            one run (--data, --sn, --gp, ..., --backend)
     --compare              both backends from the same seed for --steps steps (default 100): deviation and time ratio
                            (with no run option: every configuration of the main table)
@@ -24,7 +25,7 @@ from typing import Optional, Sequence
 import torch
 
 from fastsn.train import suites
-from fastsn.train.config import DTYPES, FIELDS, TrainConfig
+from fastsn.train.config import DEFAULT_LR, DTYPES, FIELDS, LR_SCHEDULES, TTUR_LR, TrainConfig
 from fastsn.train.data import DATASETS, make_dataset
 from fastsn.train.losses import LOSSES
 from fastsn.train.models import BACKENDS
@@ -33,7 +34,8 @@ from fastsn.train.penalties import PENALTIES
 
 # options that define a run: giving any of them asks for one run instead of the main table
 RUN_OPTIONS = ("data", "sn", "gp", "gp_weight", "mbd", "mbstd", "loss", "n_critic", "lr_g", "lr_d", "lr_decay", "batch_size",
-               "backend", "on_collapse", "monitor_every", "dtype")
+               "backend", "on_collapse", "monitor_every", "dtype", "unroll", "ttur", "lr_schedule", "n_power_iterations",
+               "strengthen")
 COMPARE_STEPS = 100
 
 
@@ -85,10 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mbstd", action="store_true", default=None, help="minibatch std-dev before D's head")
     run.add_argument("--loss", choices=LOSSES, help=f"adversarial loss (default {d.loss})")
     run.add_argument("--n-critic", type=_positive_int, help=f"D steps per G step (default {d.n_critic})")
-    run.add_argument("--lr-g", type=_positive_float, help=f"G's Adam learning rate (default {d.lr_g})")
-    run.add_argument("--lr-d", type=_positive_float, help=f"D's Adam learning rate (default {d.lr_d})")
-    run.add_argument("--lr-decay", action="store_true", default=None,
-                     help="learning rates constant for the first half of the steps, then linearly to 0")
+    run.add_argument("--lr-g", type=_positive_float, help=f"G's Adam learning rate (default {DEFAULT_LR[0]:g}; "
+                     f"--ttur {TTUR_LR[0]:g})")
+    run.add_argument("--lr-d", type=_positive_float, help=f"D's Adam learning rate (default {DEFAULT_LR[1]:g}; "
+                     f"--ttur {TTUR_LR[1]:g})")
+    run.add_argument("--ttur", action="store_true", default=None,
+                     help=f"two time-scale preset: G {TTUR_LR[0]:g}, D {TTUR_LR[1]:g} (--lr-g/--lr-d win)")
+    run.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="factor on both learning rates over the steps: "
+                     "constant; decay (1 for the first half, then linearly to 0); linear (1 to 0); cosine (1 to 0) "
+                     f"(default {d.lr_schedule})")
+    run.add_argument("--lr-decay", action="store_true", default=None, help="the same as --lr-schedule decay")
+    run.add_argument("--unroll", type=_non_negative_int, help="unrolled GAN: G's loss looks through K "
+                     "differentiable Adam steps of a copy of D (default 0: off)")
+    run.add_argument("--n-power-iterations", type=_positive_int, help="spectral norm's power iterations per "
+                     f"forward (default {d.n_power_iterations})")
     run.add_argument("--steps", type=_positive_int, help=f"G steps (default {d.steps}; main table "
                      f"{suites.MAIN_STEPS}; --compare {COMPARE_STEPS})")
     run.add_argument("--batch-size", type=_positive_int, help=f"global batch (default {d.batch_size})")
@@ -96,11 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=_non_negative_int, help=f"seed of weights, data and draws (default {d.seed})")
     run.add_argument("--backend", choices=BACKENDS, help=f"fastsn's modules or plain PyTorch (default {d.backend})")
     run.add_argument("--on-collapse", choices=ACTIONS, help=f"collapse monitor's action (default {d.on_collapse})")
+    run.add_argument("--strengthen", help="what --on-collapse strengthen does at each collapse event: penalty "
+                     "(double the weight; none: R1), mbd (switch minibatch discrimination on), lr-d (halve D's "
+                     "learning rate); comma-separated, the i-th event applies the i-th, the last repeats "
+                     f"(default {d.strengthen})")
     run.add_argument("--dtype", choices=DTYPES, help=f"weights and data (default {d.dtype}; --compare: float64)")
     run.add_argument("--monitor-every", type=_non_negative_int, help="steps between monitor checks (0: steps / 20)")
     job = p.add_argument_group("job")
     job.add_argument("--compare", action="store_true", default=None, help="both backends, same seed: deviation")
-    job.add_argument("--suite", choices=("main", "efficacy"), help="a fixed job (default: main without run options)")
+    job.add_argument("--suite", choices=("main", "efficacy", "cures"),
+                     help="a fixed job (default: main without run options); cures: every cure on ring8 and grid25")
     job.add_argument("--seeds", type=_positive_int, help=f"seeds of --suite efficacy (default "
                      f"{suites.EFFICACY_SEEDS})")
     job.add_argument("--out", help="output directory (default fastsn-train-out)")
@@ -183,6 +200,10 @@ def _label(config: TrainConfig) -> str:
     parts += [f"gp={config.gp}"] if config.gp != "none" else []
     parts += ["mbd"] if config.mbd else []
     parts += ["mbstd"] if config.mbstd else []
+    parts += [f"unroll{config.unroll}"] if config.unroll else []
+    parts += [f"pi{config.n_power_iterations}"] if config.sn and config.n_power_iterations != 1 else []
+    parts += ["ttur"] if config.ttur else []
+    parts += [config.schedule] if config.schedule != "constant" else []
     parts += [config.loss, config.backend, f"seed{config.seed}"]
     return "-".join(parts)
 
@@ -196,8 +217,9 @@ class Job:
 
     def __init__(self, out: pathlib.Path, rank: int, quiet: bool) -> None:
         self.out, self.rank, self.quiet = out, rank, quiet
+        self.samples: dict[str, torch.Tensor] = {}  # the final samples of each run, by name (for combined pictures)
 
-    def run(self, config: TrainConfig, name: Optional[str] = None) -> dict:
+    def run(self, config: TrainConfig, name: Optional[str] = None, pictures: bool = True) -> dict:
         from fastsn.train import report
         from fastsn.train.loop import train
 
@@ -210,8 +232,10 @@ class Job:
             progress.close()
         if self.rank != 0:
             return {}
-        record = report.write_run(self.out, name, result, make_dataset(config.data))
+        record = report.write_run(self.out, name, result, make_dataset(config.data), pictures)
         record["seconds"] = time.perf_counter() - started
+        if result.samples is not None:
+            self.samples[name] = result.samples
         return record
 
 
@@ -281,6 +305,53 @@ def run_efficacy(args: argparse.Namespace, job: Job) -> dict:
     return {"job": "efficacy", "runs": records, "table": table, "targets": suites.TARGETS}
 
 
+def run_cures(args: argparse.Namespace, job: Job) -> dict:
+    """Every cure of :data:`suites.CURES` on ring8 and grid25 (or --data) over --seeds seeds: one table of means and
+    one picture of the first seed's samples, cures down, data sets across."""
+    from fastsn.train import report
+    datasets = [args.data] if args.data else list(suites.CURES_DATA)
+    if "stacked-digits" in datasets:
+        raise ValueError("--data: --suite cures runs on the 2-D data sets (ring8, grid25)")
+    seeds = range(args.seed or 0, (args.seed or 0) + (args.seeds or suites.EFFICACY_SEEDS))
+    steps = args.steps or suites.CURES_STEPS
+    cpu_started = time.process_time()
+    records, rows, panels = {}, [], []
+    for data in datasets:
+        for label, settings in suites.CURES.items():
+            common = {k: v for k, v in suites.CURES_COMMON.items() if getattr(args, k) is None}
+            runs = []
+            for seed in seeds:
+                config = _train_config(args, **common, **settings, data=data, seed=seed, steps=steps)
+                name = f"{data}-{_slug(label)}-seed{seed}"
+                runs.append(job.run(config, name, pictures=False))
+                records[name] = runs[-1]
+                if seed == seeds[0] and job.rank == 0:
+                    panels.append((data, label, name))
+            if job.rank != 0:
+                continue
+            m = [r["metrics"] for r in runs]
+            rows.append([data, label, f"{_fmt_mean([x['modes'] for x in m], 1)} / {m[0]['n_modes']}",
+                         _fmt_mean([x["high_quality"] for x in m], 1), _fmt_mean([x["reverse_kl"] for x in m], 3),
+                         _fmt_mean([x["fid_local"] for x in m], 3), _fmt_mean([x["emd"] for x in m], 3),
+                         _fmt_mean([r["ms_per_step"] for r in runs], 1)])
+    if job.rank != 0:
+        return {}
+    cpu_seconds = time.process_time() - cpu_started
+    picture = job.out / "cures-samples.png"
+    report.plot_sample_grid(picture, [(f"{data}: {label}", job.samples[name], make_dataset(data))
+                                      for data, label, name in panels], columns=len(datasets))
+    floors = {data: next(r["metrics"] for n, r in records.items() if n.startswith(data)) for data in datasets}
+    batch = args.batch_size or suites.CURES_COMMON["batch_size"]
+    table = report.markdown_table(
+        [f"{steps} steps, batch {batch}, {len(seeds)} seeds", "cure", "modes", "high quality %", "reverse KL",
+         "FID-local", "EMD", "ms per step"], rows)
+    note = ("mean ± std over seeds; real-data floors at these sample sizes: " +
+            "; ".join(f"{d} FID-local {f['real_fid_local']:.4f}, EMD {f['real_emd']:.3f}" for d, f in floors.items()) +
+            f"; {cpu_seconds:.0f} s CPU time in this process")
+    return {"job": "cures", "steps": steps, "runs": records, "table": table, "note": note,
+            "cpu_seconds": cpu_seconds, "picture": str(picture)}
+
+
 def run_single(args: argparse.Namespace, job: Job) -> dict:
     """One run, with its own table."""
     from fastsn.train.report import markdown_table
@@ -290,6 +361,7 @@ def run_single(args: argparse.Namespace, job: Job) -> dict:
         return {}
     m = record["metrics"]
     keys = [k for k in ("modes", "high_quality", "reverse_kl", "real_modes", "real_reverse_kl", "classifier_accuracy",
+                        "fid_local", "is_local", "emd", "sliced_emd",
                         "precision", "recall", "density", "coverage") if k in m]
     row = [_label(config)] + [f"{m[k]:.3f}" if isinstance(m[k], float) else str(m[k]) for k in keys]
     row += [f"{record['ms_per_step']:.2f}", str(len(record["events"]))]
@@ -360,6 +432,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             job = Job(out, rank, bool(args.quiet))
             if args.suite == "efficacy":
                 payload = run_efficacy(args, job)
+            elif args.suite == "cures":
+                payload = run_cures(args, job)
             elif args.suite == "main" or not (given & set(RUN_OPTIONS)):
                 payload = run_main(args, job)
             else:

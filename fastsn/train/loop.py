@@ -20,12 +20,14 @@ import torch.distributed as dist
 
 import fastsn
 from fastsn.train import losses
-from fastsn.train.config import DEFAULT_GP_WEIGHT, TrainConfig
+from fastsn.train.config import DEFAULT_GP_WEIGHT, TrainConfig, schedule_factor
 from fastsn.train.data import make_dataset
 from fastsn.train.evaluate import Evaluator
-from fastsn.train.models import ModelOptions, build_models, z_dim
+from fastsn.train.models import ModelOptions, SwitchableFeatures, build_models, z_dim
 from fastsn.train.monitor import Check, CollapseMonitor
 from fastsn.train.penalties import gradient_penalty
+from fastsn.train.spectra import layer_spectra
+from fastsn.train.unroll import unrolled_generator_loss
 
 ADAM_BETAS = (0.5, 0.9)
 # seeds of the independent random streams (data, latents, penalty draws): offsets from --seed, times the rank
@@ -121,6 +123,42 @@ def discriminator_backward(backend: str, pair: torch.nn.Module, D: torch.nn.Modu
     return loss_d.detach(), penalty.detach()
 
 
+class Strength:
+    """What ``--on-collapse strengthen`` can change, and its policies (``--strengthen``).
+
+    Args:
+        gp_kind, gp_weight: the penalty at the start; D: the discriminator (for its switchable minibatch layer).
+    """
+
+    def __init__(self, gp_kind: str, gp_weight: float, D: torch.nn.Module) -> None:
+        self.gp_kind, self.gp_weight = gp_kind, gp_weight
+        self.switches = [m for m in D.modules() if isinstance(m, SwitchableFeatures)]
+        self.mbd_on = False
+
+    def apply(self, policy: str, base_lr: dict[str, float]) -> dict:
+        """Apply one policy; return what it changed, for the collapse event.
+
+        penalty: double the penalty weight (no penalty: R1 at its default weight). mbd: switch minibatch
+        discrimination on (already on, or --mbd given from the start: no change). lr-d: halve D's base learning rate.
+        """
+        if policy == "penalty":
+            if self.gp_kind == "none":
+                self.gp_kind, self.gp_weight = "r1", DEFAULT_GP_WEIGHT["r1"]
+            else:
+                self.gp_weight *= 2
+            return {"policy": policy, "gp": self.gp_kind, "gp_weight": self.gp_weight}
+        if policy == "mbd":
+            changed = bool(self.switches) and not self.mbd_on
+            for switch in self.switches:
+                switch.switch_on()
+            self.mbd_on = self.mbd_on or changed
+            return {"policy": policy, "mbd": "switched on" if changed else "no change (already on)"}
+        if policy == "lr-d":
+            base_lr["d"] *= 0.5
+            return {"policy": policy, "lr_d": base_lr["d"]}
+        raise ValueError(f"--strengthen: unknown policy {policy!r}")
+
+
 def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] = None,
           evaluate: bool = True, initial: Optional[tuple[dict, dict]] = None) -> RunResult:
     """Train G and D per ``config`` and evaluate G.
@@ -145,8 +183,7 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
     batch = config.batch_size // world
     data = make_dataset(config.data)
     latent = z_dim(config.data)
-    options = ModelOptions(config.data, config.backend, config.sn, config.mbd, config.mbstd)
-    G, D = build_models(options, config.seed)
+    G, D = build_models(ModelOptions.from_config(config), config.seed)
     if initial is not None:
         G.load_state_dict(initial[0])
         D.load_state_dict(initial[1])
@@ -157,40 +194,51 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
         ids = [device.index] if device.type == "cuda" else None
         train_G = torch.nn.parallel.DistributedDataParallel(G, device_ids=ids)
         train_pair = torch.nn.parallel.DistributedDataParallel(train_pair, device_ids=ids)
-    opt_g = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=ADAM_BETAS)
-    opt_d = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=ADAM_BETAS)
-    # --lr-decay: constant for the first half, then linearly to 0 (G's last steps settle onto the modes)
-    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, 2.0 * (1.0 - s / config.steps)))
-                 for o in (opt_g, opt_d)] if config.lr_decay else []
+    lr_g, lr_d = config.learning_rates
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=ADAM_BETAS)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr_d, betas=ADAM_BETAS)
+    base_lr = {"g": lr_g, "d": lr_d}  # the schedule's factor multiplies these; --strengthen lr-d lowers "d"
     streams = {name: torch.Generator().manual_seed(config.seed * 1000 + offset + 100 * rank)
                for name, offset in _STREAMS.items()}
     gp_generator = streams["gp"] if device.type == "cpu" else torch.Generator(device).manual_seed(
         config.seed * 1000 + _STREAMS["gp"] + 100 * rank)
-    gp_kind, gp_weight = config.gp, config.penalty_weight
+    strength = Strength(config.gp, config.penalty_weight, D)
     evaluator = Evaluator(data, config.cache_dir) if evaluate and rank == 0 else None
     monitor = CollapseMonitor(config.on_collapse)
     history: dict[str, list] = {"step": [], "d_loss": [], "g_loss": [], "penalty": []}
     train_seconds, stopped_at, last_modes = 0.0, None, None
 
+    def real_batch() -> torch.Tensor:
+        return data.sample(batch, streams["data"]).to(device, dtype)
+
+    def latents() -> torch.Tensor:
+        return torch.randn(batch, latent, generator=streams["z"]).to(device, dtype)
+
     for step in range(1, config.steps + 1):
         started = time.perf_counter()
+        factor = schedule_factor(config.schedule, step - 1, config.steps)
+        for optimizer, key in ((opt_g, "g"), (opt_d, "d")):
+            optimizer.param_groups[0]["lr"] = base_lr[key] * factor
         for _ in range(config.n_critic):
-            real = data.sample(batch, streams["data"]).to(device, dtype)
-            z = torch.randn(batch, latent, generator=streams["z"]).to(device, dtype)
+            real, z = real_batch(), latents()
             with torch.no_grad():
                 fake = train_G(z)
             opt_d.zero_grad(set_to_none=True)
-            loss_d, penalty = discriminator_backward(config.backend, train_pair, D, real, fake, config.loss, gp_kind,
-                                                     gp_weight, gp_generator)
+            loss_d, penalty = discriminator_backward(config.backend, train_pair, D, real, fake, config.loss,
+                                                     strength.gp_kind, strength.gp_weight, gp_generator)
             opt_d.step()
-        z = torch.randn(batch, latent, generator=streams["z"]).to(device, dtype)
         opt_g.zero_grad(set_to_none=True)
-        with _frozen(D), _spectral_norm_block(config.backend, D):
-            loss_g = losses.g_loss(config.loss, D(train_G(z)))
+        if config.unroll:
+            # G looks through K differentiable updates of a copy of D (fastsn.train.unroll); D itself is untouched
+            loss_g = unrolled_generator_loss(D, opt_d, lambda: train_G(latents()), real_batch, config.loss,
+                                             config.unroll)
             loss_g.backward()
+        else:
+            z = latents()
+            with _frozen(D), _spectral_norm_block(config.backend, D):
+                loss_g = losses.g_loss(config.loss, D(train_G(z)))
+                loss_g.backward()
         opt_g.step()
-        for schedule in schedules:
-            schedule.step()
         train_seconds += time.perf_counter() - started
         history["step"].append(step)
         history["d_loss"].append(loss_d.item())
@@ -201,14 +249,11 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
         if evaluator is not None and (step % config.check_every == 0 or step == config.steps):
             modes, diversity = evaluator.monitor(G, latent, step, device)
             last_modes = modes
-            event = monitor.check(Check(step, modes, diversity, _sigmas(D)))
+            event = monitor.check(Check(step, modes, diversity, _sigmas(D), layer_spectra(D)))
             if event is not None:
                 if config.on_collapse == "strengthen":
-                    if gp_kind == "none":
-                        gp_kind, gp_weight = "r1", DEFAULT_GP_WEIGHT["r1"]
-                    else:
-                        gp_weight *= 2
-                    event.update({"gp": gp_kind, "gp_weight": gp_weight})
+                    policies = config.policies
+                    event.update(strength.apply(policies[min(len(monitor.events), len(policies)) - 1], base_lr))
                 warnings.warn(f"fastsn-train: collapse at step {step}: {event['measure']} fell to "
                               f"{event['value']:.3g} from {event['best']:.3g} ({config.on_collapse})", stacklevel=2)
                 stop = config.on_collapse == "stop"
@@ -227,6 +272,7 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
         final, samples = evaluator.final(G, latent, device)
     steps_done = len(history["step"])
     used = config.to_dict()
-    used.update({"gp": gp_kind, "gp_weight": gp_weight})
+    used.update({"gp": strength.gp_kind, "gp_weight": strength.gp_weight, "lr_d": base_lr["d"],
+                 "mbd_switched_on": strength.mbd_on})
     return RunResult(used, history, monitor.checks, monitor.events, final, 1000 * train_seconds / max(steps_done, 1),
                      samples, G, D, stopped_at, world)

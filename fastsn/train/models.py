@@ -7,9 +7,10 @@ two have identical weights and spectral-norm vectors: fastsn's spectral norm dra
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -37,12 +38,48 @@ class ModelOptions:
         sn: spectral norm on every Linear/Conv layer of D.
         mbd: minibatch discrimination before D's last layer.
         mbstd: minibatch std-dev before D's last layer (or last conv block).
+        n_power_iterations: the spectral norms' power iterations per forward in training.
+        mbd_switch: minibatch discrimination built switched off, for ``--strengthen mbd`` to switch on
+            (:class:`SwitchableFeatures`; ignored when ``mbd`` is on).
     """
     data: str
     backend: str
     sn: bool = False
     mbd: bool = False
     mbstd: bool = False
+    n_power_iterations: int = 1
+    mbd_switch: bool = False
+
+    @classmethod
+    def from_config(cls, config, backend: Optional[str] = None) -> "ModelOptions":
+        """The options of a :class:`fastsn.train.config.TrainConfig` (with ``backend`` instead of its own)."""
+        switch = config.on_collapse == "strengthen" and "mbd" in config.policies and not config.mbd
+        return cls(config.data, backend or config.backend, config.sn, config.mbd, config.mbstd,
+                   config.n_power_iterations, switch)
+
+
+class SwitchableFeatures(torch.nn.Module):
+    """A layer that appends features (x (N, F) -> cat([x, o]) (N, F + B)), with its appended features multiplied by a
+    switch: 0 (off) until :meth:`switch_on`. Off, D sees zeros where o would be and o's parameters get exactly zero
+    gradients (Adam leaves them unchanged), yet every parameter takes part in each backward, as DDP requires.
+
+    Args:
+        layer: the wrapped layer; in_features: F.
+    """
+
+    def __init__(self, layer: torch.nn.Module, in_features: int) -> None:
+        super().__init__()
+        self.layer, self.in_features = layer, in_features
+        # a buffer: saved with the model, and broadcast from rank 0 by DDP
+        self.register_buffer("on", torch.zeros(()))
+
+    def switch_on(self) -> None:
+        self.on.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (N, F). Returns: (N, F + B)."""
+        y = self.layer(x)
+        return torch.cat([y[:, :self.in_features], y[:, self.in_features:] * self.on], 1)
 
 
 class _Parts:
@@ -53,8 +90,9 @@ class _Parts:
             raise ValueError(f"unknown backend {options.backend!r}: choose one of {', '.join(BACKENDS)}")
         self.options = options
         fast = options.backend == "fastsn"
-        self.sn: Callable[[torch.nn.Module], torch.nn.Module] = (
-            fastsn.spectral_norm if fast else torch.nn.utils.parametrizations.spectral_norm)
+        spectral_norm = fastsn.spectral_norm if fast else torch.nn.utils.parametrizations.spectral_norm
+        self.sn: Callable[[torch.nn.Module], torch.nn.Module] = functools.partial(
+            spectral_norm, n_power_iterations=options.n_power_iterations)
 
     def weight(self, layer: torch.nn.Module) -> torch.nn.Module:
         return self.sn(layer) if self.options.sn else layer
@@ -75,7 +113,12 @@ class _Parts:
         # no gradient: scale T so that M = x @ T has entries of x's size
         with torch.no_grad():
             layer.T.mul_(1.0 / math.sqrt(features))
-        return layer
+        return layer if self.options.mbd else SwitchableFeatures(layer, features)
+
+    @property
+    def with_mbd(self) -> bool:
+        """A minibatch-discrimination layer in D: on (--mbd), or switched off for --strengthen mbd."""
+        return self.options.mbd or self.options.mbd_switch
 
     def mbstd(self) -> torch.nn.Module:
         if self.options.backend == "fastsn":
@@ -89,7 +132,7 @@ def _head(parts: _Parts, features: int) -> list[torch.nn.Module]:
     if parts.options.mbstd:
         layers.append(parts.mbstd())
         features += 1
-    if parts.options.mbd:
+    if parts.with_mbd:
         layers.append(parts.mbd(features))
         features += MBD_KERNELS
     layers.append(parts.weight(torch.nn.Linear(features, 1)))
@@ -134,7 +177,7 @@ def conv_discriminator(parts: _Parts) -> torch.nn.Module:
         channels += 1
     layers.append(torch.nn.Flatten())
     features = channels * 2 * 2
-    if parts.options.mbd:
+    if parts.with_mbd:
         layers.append(parts.mbd(features))
         features += MBD_KERNELS
     layers.append(parts.weight(torch.nn.Linear(features, 1)))

@@ -24,12 +24,15 @@ class Check:
         step: the training step (G updates done).
         modes: modes hit by a monitor sample of G (2-D: modes nearest to a high-quality sample).
         diversity: mean pairwise distance of G's samples over that of real samples.
-        sigmas: {layer: spectral norm} of D's spectral norms (empty without --sn).
+        sigmas: {layer: spectral norm} of D's spectral norms, their power-iteration estimates (empty without --sn).
+        spectra: {layer: (sigma_max, sigma_min)} of every Linear/Conv weight of D, by an SVD
+            (:func:`fastsn.train.spectra.layer_spectra`).
     """
     step: int
     modes: int
     diversity: float
     sigmas: dict[str, float] = field(default_factory=dict)
+    spectra: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass

@@ -78,8 +78,8 @@ def run_record(result: RunResult) -> dict:
     return {"config": result.config, "metrics": result.metrics, "ms_per_step": result.ms_per_step,
             "steps_done": len(result.history["step"]), "stopped_at": result.stopped_at,
             "world_size": result.world_size, "events": result.events,
-            "checks": [{"step": c.step, "modes": c.modes, "diversity": c.diversity, "sigmas": c.sigmas}
-                       for c in result.checks],
+            "checks": [{"step": c.step, "modes": c.modes, "diversity": c.diversity, "sigmas": c.sigmas,
+                        "spectra": {k: list(v) for k, v in c.spectra.items()}} for c in result.checks],
             "history": {k: _thin(v) for k, v in result.history.items()}}
 
 
@@ -161,14 +161,71 @@ def plot_monitor(path: pathlib.Path, record: dict, title: str) -> None:
     plt.close(fig)
 
 
-def write_run(out: pathlib.Path, name: str, result: RunResult, data) -> dict:
-    """The JSON record and the three pictures of one run, under out/<name>*.
+def plot_spectra(path: pathlib.Path, record: dict, title: str) -> None:
+    """Per layer of D, at each monitor check: sigma_max of its weight (by SVD; with spectral norm also the power
+    iteration's estimate, dashed) and its condition number sigma_max / sigma_min (log scale)."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True)
+    steps = [c["step"] for c in record["checks"]]
+    layers = list(record["checks"][0]["spectra"])
+    for i, layer in enumerate(layers):
+        color = f"C{i % 10}"
+        spectra = [c["spectra"].get(layer, [float("nan")] * 2) for c in record["checks"]]
+        top.plot(steps, [s[0] for s in spectra], color=color, marker=".", label=f"D.{layer}")
+        bottom.plot(steps, [s[0] / s[1] if s[1] > 0 else float("nan") for s in spectra], color=color, marker=".")
+        estimates = [c["sigmas"].get(layer) for c in record["checks"]]
+        if any(e is not None for e in estimates):
+            top.plot(steps, [float("nan") if e is None else e for e in estimates], color=color, ls="--", lw=0.8)
+    top.set_ylabel("sigma_max (SVD; dashed: SN estimate)", fontsize=8)
+    bottom.set_ylabel("condition number", fontsize=8)
+    bottom.set_yscale("log")
+    bottom.set_xlabel("step")
+    top.legend(fontsize=6, ncol=2)
+    top.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sample_grid(path: pathlib.Path, panels: list[tuple[str, torch.Tensor, object]], columns: int) -> None:
+    """Sample plots side by side: one panel per (title, 2-D samples (N, 2), data set), filled column by column
+    (a column per data set when the panels come data set by data set).
+
+    Args:
+        path: the PNG; panels: the panels in order; columns: panels per row.
+    """
+    plt = _pyplot()
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for i, (title, samples, data) in enumerate(panels):
+        ax = axes[i % rows][i // rows]
+        ax.scatter(samples[:, 0], samples[:, 1], s=1, alpha=0.3)
+        ax.scatter(data.centers[:, 0], data.centers[:, 1], marker="x", color="red", s=10)
+        span = float(data.centers.abs().max()) * 1.5
+        ax.set_xlim(-span, span)
+        ax.set_ylim(-span, span)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=7)
+    for j in range(len(panels), rows * columns):
+        axes[j % rows][j // rows].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_run(out: pathlib.Path, name: str, result: RunResult, data, pictures: bool = True) -> dict:
+    """The JSON record and the four pictures of one run (samples, losses, modes, spectra), under out/<name>*
+    (``pictures=False``: the record only).
 
     Returns:
         The run's record.
     """
     out.mkdir(parents=True, exist_ok=True)
     record = run_record(result)
+    if not pictures:
+        return record
     title = f"{name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in result.metrics.items()
                                     if k in ("modes", "high_quality", "reverse_kl"))
     if result.samples is not None:
@@ -177,6 +234,8 @@ def write_run(out: pathlib.Path, name: str, result: RunResult, data) -> dict:
     plot_losses(out / f"{name}-losses.png", result.history, name)
     if record["checks"]:
         plot_monitor(out / f"{name}-modes.png", record, name)
+        if record["checks"][0]["spectra"]:
+            plot_spectra(out / f"{name}-spectra.png", record, name)
     return record
 
 

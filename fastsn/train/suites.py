@@ -1,5 +1,6 @@
 """The trainer's fixed jobs: the main table (what ``fastsn-train`` with no options runs: five cures on ring8, each
-with both backends) and the efficacy table (the best configuration and a vanilla GAN over five seeds per data set).
+with both backends), the efficacy table (the best configuration and a vanilla GAN over five seeds per data set) and
+the cures table (every cure on ring8 and grid25 over five seeds, one budget, one picture).
 """
 from __future__ import annotations
 
@@ -30,3 +31,21 @@ EFFICACY_STEPS = {"ring8": 5000, "grid25": 5000, "stacked-digits": 5000}
 EFFICACY_SEEDS = 5
 # the issue's targets: (modes at least, high quality % at least, reverse KL at most)
 TARGETS = {"ring8": (7.9, 95.0, 0.05), "grid25": (24.8, 93.0, None), "stacked-digits": (1000, None, 0.1)}
+
+# the cures table (--suite cures): every cure the trainer offers, on the same data, steps, batch and schedule
+# (CURES_COMMON), backend fastsn, over --seeds seeds on ring8 and grid25
+CURES = {
+    "vanilla GAN": {},
+    "spectral norm": {"sn": True},
+    "spectral norm, 5 power iterations": {"sn": True, "n_power_iterations": 5},
+    "WGAN-GP": {"gp": "wgan-gp", "loss": "wasserstein"},
+    "R1": {"gp": "r1"},
+    "DRAGAN": {"gp": "dragan"},
+    "minibatch discrimination": {"mbd": True},
+    "minibatch std-dev": {"mbstd": True},
+    "unrolled GAN (K = 5)": {"unroll": 5},
+    "TTUR (G 1e-4, D 4e-4)": {"ttur": True},
+}
+CURES_COMMON = {"batch_size": 128, "lr_decay": True, "backend": "fastsn"}
+CURES_STEPS = 2000
+CURES_DATA = ("ring8", "grid25")

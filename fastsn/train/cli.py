@@ -33,7 +33,7 @@ from fastsn.train.penalties import PENALTIES
 
 # options that define a run: giving any of them asks for one run instead of the main table
 RUN_OPTIONS = ("data", "sn", "gp", "gp_weight", "mbd", "mbstd", "loss", "n_critic", "lr_g", "lr_d", "lr_decay", "batch_size",
-               "backend", "on_collapse", "monitor_every", "dtype")
+               "backend", "on_collapse", "monitor_every", "dtype", "pack", "ema")
 COMPARE_STEPS = 100
 
 
@@ -58,6 +58,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -65,7 +72,7 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-for _f in (_positive_int, _non_negative_int, _positive_float, _non_negative_float):
+for _f in (_positive_int, _non_negative_int, _positive_float, _non_negative_float, _unit_interval):
     _f.__name__ = "value"  # argparse names the type in its message: "invalid value value: 'x'"
 
 
@@ -89,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lr-d", type=_positive_float, help=f"D's Adam learning rate (default {d.lr_d})")
     run.add_argument("--lr-decay", action="store_true", default=None,
                      help="learning rates constant for the first half of the steps, then linearly to 0")
+    run.add_argument("--pack", type=_positive_int, help=f"PacGAN: D judges this many samples at once, concatenated "
+                     f"along features (2-D) or channels (images) (default {d.pack}: no packing)")
+    run.add_argument("--ema", type=_unit_interval, help="evaluate a moving average of G's weights with this decay, "
+                     "e.g. 0.999 (default 0: G itself)")
     run.add_argument("--steps", type=_positive_int, help=f"G steps (default {d.steps}; main table "
                      f"{suites.MAIN_STEPS}; --compare {COMPARE_STEPS})")
     run.add_argument("--batch-size", type=_positive_int, help=f"global batch (default {d.batch_size})")
@@ -183,6 +194,8 @@ def _label(config: TrainConfig) -> str:
     parts += [f"gp={config.gp}"] if config.gp != "none" else []
     parts += ["mbd"] if config.mbd else []
     parts += ["mbstd"] if config.mbstd else []
+    parts += [f"pack{config.pack}"] if config.pack > 1 else []
+    parts += [f"ema{config.ema:g}"] if config.ema > 0 else []
     parts += [config.loss, config.backend, f"seed{config.seed}"]
     return "-".join(parts)
 

@@ -23,7 +23,7 @@ class TrainConfig:
 
     Attributes:
         data, sn, gp, gp_weight, mbd, mbstd, loss, n_critic, lr_g, lr_d, lr_decay, steps, batch_size, device, seed, backend,
-        on_collapse: as the CLI options of the same names.
+        on_collapse, pack, ema: as the CLI options of the same names.
         monitor_every: steps between collapse-monitor checks (0: steps // 20, at least 1).
         dtype: "float32" or "float64" (weights, data and latents).
         cache_dir: where the digit classifier is cached (None: the default cache).
@@ -48,6 +48,8 @@ class TrainConfig:
     monitor_every: int = 0
     dtype: str = "float32"
     cache_dir: Optional[str] = None
+    pack: int = 1
+    ema: float = 0.0
 
     @property
     def penalty_weight(self) -> float:
@@ -65,7 +67,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')}: invalid value {getattr(self, name)!r} "
                                  f"(choose from {', '.join(allowed)})")
-        for name, low in (("n_critic", 1), ("steps", 1), ("batch_size", 2), ("monitor_every", 0)):
+        for name, low in (("n_critic", 1), ("steps", 1), ("batch_size", 2), ("monitor_every", 0), ("pack", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"--{name.replace('_', '-')}: must be an integer >= {low}, got {value!r}")
@@ -76,9 +78,15 @@ class TrainConfig:
         if self.gp_weight is not None and (isinstance(self.gp_weight, bool) or
                                            not isinstance(self.gp_weight, (int, float)) or not self.gp_weight >= 0):
             raise ValueError(f"--gp-weight: must be a number >= 0, got {self.gp_weight!r}")
-        if self.mbstd and self.batch_size % 4 and self.batch_size > 4:
-            raise ValueError(f"--batch-size: --mbstd groups samples by 4, so the batch must be a multiple of 4, "
-                             f"got {self.batch_size}")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
+            raise ValueError(f"--ema: must be a number in [0, 1), got {self.ema!r}")
+        if self.batch_size % self.pack:
+            raise ValueError(f"--batch-size: {self.batch_size} is not divisible by --pack {self.pack} (D judges packs "
+                             f"of {self.pack} samples)")
+        d_batch = self.batch_size // self.pack  # what D sees: packed samples
+        if self.mbstd and d_batch % 4 and d_batch > 4:
+            raise ValueError(f"--batch-size: --mbstd groups samples by 4, so the batch (divided by --pack) must be "
+                             f"a multiple of 4, got {self.batch_size}" + (f" / {self.pack}" if self.pack > 1 else ""))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"--seed: must be an integer >= 0, got {self.seed!r}")
         import torch

@@ -30,6 +30,7 @@ OPTIONS = [
     {"on_collapse": "strengthen"},
     {"on_collapse": "strengthen", "strengthen": "mbd,lr-d,penalty"},
     {"unroll": 2, "sn": True},
+    {"unroll": 1, "pack": 2, "gp": "r1"},
     {"ttur": True, "lr_schedule": "cosine"},
     {"lr_schedule": "linear"},
     {"sn": True, "n_power_iterations": 5},

@@ -35,7 +35,7 @@ from fastsn.train.penalties import PENALTIES
 # options that define a run: giving any of them asks for one run instead of the main table
 RUN_OPTIONS = ("data", "sn", "gp", "gp_weight", "mbd", "mbstd", "loss", "n_critic", "lr_g", "lr_d", "lr_decay", "batch_size",
                "backend", "on_collapse", "monitor_every", "dtype", "unroll", "ttur", "lr_schedule", "n_power_iterations",
-               "strengthen")
+               "strengthen", "pack", "ema")
 COMPARE_STEPS = 100
 
 
@@ -60,6 +60,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -67,7 +74,7 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-for _f in (_positive_int, _non_negative_int, _positive_float, _non_negative_float):
+for _f in (_positive_int, _non_negative_int, _positive_float, _non_negative_float, _unit_interval):
     _f.__name__ = "value"  # argparse names the type in its message: "invalid value value: 'x'"
 
 
@@ -101,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "differentiable Adam steps of a copy of D (default 0: off)")
     run.add_argument("--n-power-iterations", type=_positive_int, help="spectral norm's power iterations per "
                      f"forward (default {d.n_power_iterations})")
+    run.add_argument("--pack", type=_positive_int, help=f"PacGAN: D judges this many samples at once, concatenated "
+                     f"along features (2-D) or channels (images) (default {d.pack}: no packing)")
+    run.add_argument("--ema", type=_unit_interval, help="evaluate a moving average of G's weights with this decay, "
+                     "e.g. 0.999 (default 0: G itself)")
     run.add_argument("--steps", type=_positive_int, help=f"G steps (default {d.steps}; main table "
                      f"{suites.MAIN_STEPS}; --compare {COMPARE_STEPS})")
     run.add_argument("--batch-size", type=_positive_int, help=f"global batch (default {d.batch_size})")
@@ -204,6 +215,8 @@ def _label(config: TrainConfig) -> str:
     parts += [f"pi{config.n_power_iterations}"] if config.sn and config.n_power_iterations != 1 else []
     parts += ["ttur"] if config.ttur else []
     parts += [config.schedule] if config.schedule != "constant" else []
+    parts += [f"pack{config.pack}"] if config.pack > 1 else []
+    parts += [f"ema{config.ema:g}"] if config.ema > 0 else []
     parts += [config.loss, config.backend, f"seed{config.seed}"]
     return "-".join(parts)
 

@@ -32,8 +32,8 @@ class TrainConfig:
 
     Attributes:
         data, sn, gp, gp_weight, mbd, mbstd, loss, n_critic, lr_g, lr_d, lr_decay, steps, batch_size, device, seed, backend,
-        on_collapse, unroll, ttur, lr_schedule, n_power_iterations, strengthen: as the CLI options of the same names
-        (lr_g, lr_d: None for the default, or --ttur's preset; strengthen: comma-separated policies).
+        on_collapse, unroll, ttur, lr_schedule, n_power_iterations, strengthen, pack, ema: as the CLI options of the same
+        names (lr_g, lr_d: None for the default, or --ttur's preset; strengthen: comma-separated policies).
         monitor_every: steps between collapse-monitor checks (0: steps // 20, at least 1).
         dtype: "float32" or "float64" (weights, data and latents).
         cache_dir: where the digit classifier is cached (None: the default cache).
@@ -63,6 +63,8 @@ class TrainConfig:
     monitor_every: int = 0
     dtype: str = "float32"
     cache_dir: Optional[str] = None
+    pack: int = 1
+    ema: float = 0.0
 
     @property
     def penalty_weight(self) -> float:
@@ -104,7 +106,7 @@ class TrainConfig:
         if self.lr_decay and self.lr_schedule not in ("constant", "decay"):
             raise ValueError(f"--lr-decay: is --lr-schedule decay; it contradicts --lr-schedule {self.lr_schedule}")
         for name, low in (("n_critic", 1), ("steps", 1), ("batch_size", 2), ("monitor_every", 0), ("unroll", 0),
-                          ("n_power_iterations", 1)):
+                          ("n_power_iterations", 1), ("pack", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"--{name.replace('_', '-')}: must be an integer >= {low}, got {value!r}")
@@ -115,9 +117,15 @@ class TrainConfig:
         if self.gp_weight is not None and (isinstance(self.gp_weight, bool) or
                                            not isinstance(self.gp_weight, (int, float)) or not self.gp_weight >= 0):
             raise ValueError(f"--gp-weight: must be a number >= 0, got {self.gp_weight!r}")
-        if self.mbstd and self.batch_size % 4 and self.batch_size > 4:
-            raise ValueError(f"--batch-size: --mbstd groups samples by 4, so the batch must be a multiple of 4, "
-                             f"got {self.batch_size}")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
+            raise ValueError(f"--ema: must be a number in [0, 1), got {self.ema!r}")
+        if self.batch_size % self.pack:
+            raise ValueError(f"--batch-size: {self.batch_size} is not divisible by --pack {self.pack} (D judges packs "
+                             f"of {self.pack} samples)")
+        d_batch = self.batch_size // self.pack  # what D sees: packed samples
+        if self.mbstd and d_batch % 4 and d_batch > 4:
+            raise ValueError(f"--batch-size: --mbstd groups samples by 4, so the batch (divided by --pack) must be "
+                             f"a multiple of 4, got {self.batch_size}" + (f" / {self.pack}" if self.pack > 1 else ""))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"--seed: must be an integer >= 0, got {self.seed!r}")
         import torch

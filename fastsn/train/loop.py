@@ -6,10 +6,15 @@ the mean of the per-process penalties).
 D's step runs inside ``fastsn.grouped_spectral_norm(D)`` (backend fastsn) or
 ``torch.nn.utils.parametrize.cached()`` (backend torch): each spectral norm's power iteration runs once per step
 (not once per forward) in both, so the two backends compute the same thing.
+
+``--pack M`` (PacGAN): real batches are packed with real, fake with fake (:func:`fastsn.train.models.pack_samples`)
+before D sees them, in D's step, its penalty (per packed sample norms) and G's step. ``--ema BETA``: the monitor and
+the final metrics measure an exponential moving average of G's weights (batch-norm statistics copied from G).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +28,7 @@ from fastsn.train import losses
 from fastsn.train.config import DEFAULT_GP_WEIGHT, TrainConfig, schedule_factor
 from fastsn.train.data import make_dataset
 from fastsn.train.evaluate import Evaluator
-from fastsn.train.models import ModelOptions, SwitchableFeatures, build_models, z_dim
+from fastsn.train.models import ModelOptions, SwitchableFeatures, build_models, pack_samples, z_dim
 from fastsn.train.monitor import Check, CollapseMonitor
 from fastsn.train.penalties import gradient_penalty
 from fastsn.train.spectra import layer_spectra
@@ -45,6 +50,7 @@ class RunResult:
         metrics: final metrics (rank 0; {} elsewhere). ms_per_step: training time per step, monitor excluded.
         samples: the final evaluation's samples (for pictures). G, D: the trained modules (unwrapped).
         stopped_at: the step a "stop" event ended training at, else None.
+        G_ema: the moving average of G's weights that was evaluated (--ema), else None.
     """
     config: dict
     history: dict[str, list]
@@ -57,11 +63,12 @@ class RunResult:
     D: torch.nn.Module
     stopped_at: Optional[int] = None
     world_size: int = 1
+    G_ema: Optional[torch.nn.Module] = None
 
 
 class _Pair(torch.nn.Module):
     """D on real and on fake batches in one call: one DDP forward per backward, while minibatch layers still see
-    real and fake samples apart. Returns (scores on real (N, 1), scores on fake (N, 1))."""
+    real and fake samples apart. Returns (scores on real (N, 1), scores on fake (N, 1)) for packed (N, ...) inputs."""
 
     def __init__(self, D: torch.nn.Module) -> None:
         super().__init__()
@@ -75,6 +82,22 @@ def _spectral_norm_block(backend: str, D: torch.nn.Module) -> contextlib.Abstrac
     if backend == "fastsn":
         return fastsn.grouped_spectral_norm(D)
     return torch.nn.utils.parametrize.cached()
+
+
+def ema_decay(beta: float, updates: int) -> float:
+    """The moving average's decay after ``updates`` G steps: min(beta, (1 + t) / (10 + t)), so that the average
+    forgets the random initialization within the first steps instead of after ~1 / (1 - beta) of them (the ramp of
+    TensorFlow's ExponentialMovingAverage with num_updates)."""
+    return min(beta, (1.0 + updates) / (10.0 + updates))
+
+
+@torch.no_grad()
+def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, decay: float) -> None:
+    """G_ema's parameters <- decay * G_ema's + (1 - decay) * G's; buffers (batch-norm statistics) copied from G."""
+    for averaged, current in zip(G_ema.parameters(), G.parameters()):
+        averaged.lerp_(current, 1.0 - decay)
+    for averaged, current in zip(G_ema.buffers(), G.buffers()):
+        averaged.copy_(current)
 
 
 @contextlib.contextmanager
@@ -109,7 +132,8 @@ def discriminator_backward(backend: str, pair: torch.nn.Module, D: torch.nn.Modu
         backend: "fastsn" or "torch"; pair: D on (real, fake) (a :class:`_Pair`, DDP-wrapped under DDP); D: the bare D
             (the penalty's extra forward runs on it: its parameter gradients join the same DDP all-reduce, which
             fires once per parameter per backward).
-        real, fake: (N, ...) batches; loss: the adversarial loss; gp_kind, gp_weight, gp_generator: the penalty.
+        real, fake: (N, ...) batches, already packed (--pack); loss: the adversarial loss; gp_kind, gp_weight,
+            gp_generator: the penalty.
 
     Returns:
         (D's loss, the penalty), detached scalars.
@@ -177,6 +201,9 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
     rank, world = _world()
     if config.batch_size % world:
         raise ValueError(f"--batch-size: {config.batch_size} does not split over {world} processes")
+    if (config.batch_size // world) % config.pack:
+        raise ValueError(f"--batch-size: each process's share, {config.batch_size} / {world} = "
+                         f"{config.batch_size // world}, is not divisible by --pack {config.pack}")
     device = torch.device(config.device)
     if device.type == "cuda" and device.index is None and world > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
@@ -189,6 +216,8 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
         D.load_state_dict(initial[1])
     dtype = getattr(torch, config.dtype)
     G, D = G.to(device, dtype), D.to(device, dtype)
+    G_ema = copy.deepcopy(G) if config.ema > 0 else None
+    G_eval = G if G_ema is None else G_ema  # what the monitor and the final metrics measure
     train_G, train_pair = G, _Pair(D)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -220,9 +249,9 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
         for optimizer, key in ((opt_g, "g"), (opt_d, "d")):
             optimizer.param_groups[0]["lr"] = base_lr[key] * factor
         for _ in range(config.n_critic):
-            real, z = real_batch(), latents()
+            real, z = pack_samples(real_batch(), config.pack), latents()
             with torch.no_grad():
-                fake = train_G(z)
+                fake = pack_samples(train_G(z), config.pack)
             opt_d.zero_grad(set_to_none=True)
             loss_d, penalty = discriminator_backward(config.backend, train_pair, D, real, fake, config.loss,
                                                      strength.gp_kind, strength.gp_weight, gp_generator)
@@ -230,15 +259,18 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
         opt_g.zero_grad(set_to_none=True)
         if config.unroll:
             # G looks through K differentiable updates of a copy of D (fastsn.train.unroll); D itself is untouched
-            loss_g = unrolled_generator_loss(D, opt_d, lambda: train_G(latents()), real_batch, config.loss,
+            loss_g = unrolled_generator_loss(D, opt_d, lambda: pack_samples(train_G(latents()), config.pack),
+                                             lambda: pack_samples(real_batch(), config.pack), config.loss,
                                              config.unroll)
             loss_g.backward()
         else:
             z = latents()
             with _frozen(D), _spectral_norm_block(config.backend, D):
-                loss_g = losses.g_loss(config.loss, D(train_G(z)))
+                loss_g = losses.g_loss(config.loss, D(pack_samples(train_G(z), config.pack)))
                 loss_g.backward()
         opt_g.step()
+        if G_ema is not None:
+            update_ema(G_ema, G, ema_decay(config.ema, step))
         train_seconds += time.perf_counter() - started
         history["step"].append(step)
         history["d_loss"].append(loss_d.item())
@@ -247,7 +279,7 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
 
         stop = False
         if evaluator is not None and (step % config.check_every == 0 or step == config.steps):
-            modes, diversity = evaluator.monitor(G, latent, step, device)
+            modes, diversity = evaluator.monitor(G_eval, latent, step, device)
             last_modes = modes
             event = monitor.check(Check(step, modes, diversity, _sigmas(D), layer_spectra(D)))
             if event is not None:
@@ -269,10 +301,10 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
 
     final, samples = ({}, None)
     if evaluator is not None:
-        final, samples = evaluator.final(G, latent, device)
+        final, samples = evaluator.final(G_eval, latent, device)
     steps_done = len(history["step"])
     used = config.to_dict()
     used.update({"gp": strength.gp_kind, "gp_weight": strength.gp_weight, "lr_d": base_lr["d"],
                  "mbd_switched_on": strength.mbd_on})
     return RunResult(used, history, monitor.checks, monitor.events, final, 1000 * train_seconds / max(steps_done, 1),
-                     samples, G, D, stopped_at, world)
+                     samples, G, D, stopped_at, world, G_ema)

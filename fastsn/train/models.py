@@ -41,6 +41,8 @@ class ModelOptions:
         n_power_iterations: the spectral norms' power iterations per forward in training.
         mbd_switch: minibatch discrimination built switched off, for ``--strengthen mbd`` to switch on
             (:class:`SwitchableFeatures`; ignored when ``mbd`` is on).
+        pack: PacGAN's M: D judges M samples at once, so its input layer takes M times the features of one sample
+            (2-D: 2M inputs; images: 3M channels).
     """
     data: str
     backend: str
@@ -49,13 +51,14 @@ class ModelOptions:
     mbstd: bool = False
     n_power_iterations: int = 1
     mbd_switch: bool = False
+    pack: int = 1
 
     @classmethod
     def from_config(cls, config, backend: Optional[str] = None) -> "ModelOptions":
         """The options of a :class:`fastsn.train.config.TrainConfig` (with ``backend`` instead of its own)."""
         switch = config.on_collapse == "strengthen" and "mbd" in config.policies and not config.mbd
         return cls(config.data, backend or config.backend, config.sn, config.mbd, config.mbstd,
-                   config.n_power_iterations, switch)
+                   config.n_power_iterations, switch, config.pack)
 
 
 class SwitchableFeatures(torch.nn.Module):
@@ -147,10 +150,11 @@ def mlp_generator() -> torch.nn.Module:
 
 
 def mlp_discriminator(parts: _Parts) -> torch.nn.Module:
-    """x (N, 2) -> scores (N, 1): three bias-free Linear + bias/leaky-ReLU layers of 128, then the head."""
+    """x (N, 2M) -> scores (N, 1), M = options.pack: three bias-free Linear + bias/leaky-ReLU layers of 128, then the
+    head."""
     h = HIDDEN_2D
     layers: list[torch.nn.Module] = []
-    for fan_in in (2, h, h):
+    for fan_in in (2 * parts.options.pack, h, h):
         layers += [parts.weight(torch.nn.Linear(fan_in, h, bias=False)), parts.act(h)]
     return torch.nn.Sequential(*layers, *_head(parts, h))
 
@@ -166,10 +170,11 @@ def conv_generator() -> torch.nn.Module:
 
 
 def conv_discriminator(parts: _Parts) -> torch.nn.Module:
-    """x (N, 3, 8, 8) -> scores (N, 1): 8x8 -> 4x4 -> 2x2 bias-free convolutions + bias/leaky ReLU, then the head
-    on the 128 * 2 * 2 flattened features (minibatch std-dev as an extra channel of the 2x2 map)."""
+    """x (N, 3M, 8, 8) -> scores (N, 1), M = options.pack: 8x8 -> 4x4 -> 2x2 bias-free convolutions + bias/leaky
+    ReLU, then the head on the 128 * 2 * 2 flattened features (minibatch std-dev as an extra channel of the 2x2
+    map)."""
     layers: list[torch.nn.Module] = []
-    for c_in, c_out, k, s in ((3, 32, 3, 1), (32, 64, 4, 2), (64, 128, 4, 2)):
+    for c_in, c_out, k, s in ((3 * parts.options.pack, 32, 3, 1), (32, 64, 4, 2), (64, 128, 4, 2)):
         layers += [parts.weight(torch.nn.Conv2d(c_in, c_out, k, s, 1, bias=False)), parts.act(c_out)]
     channels = 128
     if parts.options.mbstd:
@@ -182,6 +187,30 @@ def conv_discriminator(parts: _Parts) -> torch.nn.Module:
         features += MBD_KERNELS
     layers.append(parts.weight(torch.nn.Linear(features, 1)))
     return torch.nn.Sequential(*layers)
+
+
+def pack_samples(x: torch.Tensor, m: int) -> torch.Tensor:
+    """PacGAN's packing (Lin et al. 2018): M consecutive samples concatenated along the feature or channel dimension,
+    so that D judges them jointly and a G that repeats itself is easy to tell from real data.
+
+    Args:
+        x: (N, C, ...) samples, N divisible by m (2-D data: (N, 2); images: (N, 3, H, W)).
+        m: samples per packed sample; 1 returns x unchanged.
+
+    Returns:
+        (N / m, m * C, ...): packed sample i holds samples i*m, ..., i*m + m - 1 in that order (a view when x is
+        contiguous).
+
+    Raises:
+        ValueError: N not divisible by m.
+    """
+    if m == 1:
+        return x
+    n = x.shape[0]
+    if n % m:
+        raise ValueError(f"--pack: a batch of {n} samples does not split into packs of {m}")
+    # row-major reshape: the m samples of a pack are adjacent rows, so their features land side by side
+    return x.reshape((n // m, m * x.shape[1]) + tuple(x.shape[2:]))
 
 
 def z_dim(data: str) -> int:

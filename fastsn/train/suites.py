@@ -44,6 +44,7 @@ CURES = {
     "minibatch discrimination": {"mbd": True},
     "minibatch std-dev": {"mbstd": True},
     "unrolled GAN (K = 5)": {"unroll": 5},
+    "PacGAN (pack 4)": {"pack": 4},
     "TTUR (G 1e-4, D 4e-4)": {"ttur": True},
 }
 CURES_COMMON = {"batch_size": 128, "lr_decay": True, "backend": "fastsn"}

@@ -76,8 +76,8 @@ def _max_relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tup
 def initial_models(config: TrainConfig) -> dict[str, tuple[torch.nn.Module, torch.nn.Module]]:
     """{backend: (G, D)} as each backend initializes them from the seed."""
     from fastsn.train.models import ModelOptions, build_models
-    return {backend: build_models(ModelOptions(config.data, backend, config.sn, config.mbd, config.mbstd, config.pack),
-                                  config.seed) for backend in ("fastsn", "torch")}
+    return {backend: build_models(ModelOptions(config.data, backend, config.sn, config.mbd, config.mbstd, config.pack,
+                                               config.model), config.seed) for backend in ("fastsn", "torch")}
 
 
 def compare(config: TrainConfig) -> Comparison:

@@ -7,7 +7,7 @@ from typing import Optional
 
 from fastsn.train.data import DATASETS
 from fastsn.train.losses import LOSSES
-from fastsn.train.models import BACKENDS
+from fastsn.train.models import BACKENDS, MODELS
 from fastsn.train.monitor import ACTIONS
 from fastsn.train.penalties import PENALTIES
 
@@ -23,7 +23,7 @@ class TrainConfig:
 
     Attributes:
         data, sn, gp, gp_weight, mbd, mbstd, loss, n_critic, lr_g, lr_d, lr_decay, steps, batch_size, device, seed, backend,
-        on_collapse, pack, ema: as the CLI options of the same names.
+        on_collapse, pack, ema, model: as the CLI options of the same names.
         monitor_every: steps between collapse-monitor checks (0: steps // 20, at least 1).
         dtype: "float32" or "float64" (weights, data and latents).
         cache_dir: where the digit classifier is cached (None: the default cache).
@@ -50,6 +50,7 @@ class TrainConfig:
     cache_dir: Optional[str] = None
     pack: int = 1
     ema: float = 0.0
+    model: str = "small"
 
     @property
     def penalty_weight(self) -> float:
@@ -62,7 +63,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the option for a bad value; return self."""
-        choices = {"dtype": DTYPES, "data": DATASETS, "gp": PENALTIES, "loss": LOSSES, "backend": BACKENDS, "on_collapse": ACTIONS}
+        choices = {"dtype": DTYPES, "data": DATASETS, "gp": PENALTIES, "loss": LOSSES, "backend": BACKENDS, "on_collapse": ACTIONS,
+                   "model": MODELS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')}: invalid value {getattr(self, name)!r} "

@@ -172,7 +172,8 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
     batch = config.batch_size // world
     data = make_dataset(config.data)
     latent = z_dim(config.data)
-    options = ModelOptions(config.data, config.backend, config.sn, config.mbd, config.mbstd, config.pack)
+    options = ModelOptions(config.data, config.backend, config.sn, config.mbd, config.mbstd, config.pack,
+                           config.model)
     G, D = build_models(options, config.seed)
     if initial is not None:
         G.load_state_dict(initial[0])

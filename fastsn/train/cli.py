@@ -273,7 +273,7 @@ def run_efficacy(args: argparse.Namespace, job: Job) -> dict:
     seeds = range(args.seed or 0, (args.seed or 0) + (args.seeds or suites.EFFICACY_SEEDS))
     records, rows = {}, []
     for data in datasets:
-        for label, settings in (("best", suites.BEST[data]), ("vanilla GAN", suites.VANILLA)):
+        for label, settings in (("best", suites.BEST[data]), ("vanilla GAN", suites.VANILLA[data])):
             runs = []
             for seed in seeds:
                 steps = args.steps or suites.EFFICACY_STEPS[data]

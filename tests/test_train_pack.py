@@ -1,14 +1,15 @@
-"""fastsn-train --pack (PacGAN) and --ema: packing shapes, D's input sizes, short runs with both backends, the two
-backends' agreement with packing in float64, and clear errors for bad values."""
+"""fastsn-train --pack (PacGAN), --ema and --model large: packing shapes, D's input sizes, the large networks' sizes,
+short runs with both backends, the two backends' agreement in float64, and clear errors for bad values."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 from fastsn.train import cli, loop
-from fastsn.train.compare import INITIAL_TOLERANCE, TOLERANCE, compare
+from fastsn.train.compare import INITIAL_TOLERANCE, TOLERANCE, _state, compare, initial_models
 from fastsn.train.config import TrainConfig
 from fastsn.train.loop import ema_decay, train, update_ema
 from fastsn.train.models import ModelOptions, build_models, pack_samples
@@ -69,6 +70,8 @@ def test_short_run_with_pack_2(settings, backend, tmp_path):
     {"pack": 2, "sn": True, "gp": "wgan-gp", "loss": "wasserstein", "n_critic": 2},
     {"pack": 4, "sn": True, "gp": "r1", "mbd": True, "mbstd": True, "ema": 0.99},
     {"pack": 2, "data": "stacked-digits", "sn": True, "gp": "dragan", "batch_size": 16, "steps": 4},
+    {"pack": 4, "model": "large", "sn": True, "gp": "r1", "ema": 0.999, "steps": 5},
+    {"pack": 2, "model": "large", "data": "stacked-digits", "gp": "r1", "batch_size": 16, "steps": 3},
 ], ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
 def test_backends_agree_with_packing_in_float64(settings):
     c = compare(TrainConfig(**{"steps": 10, "batch_size": 64, **settings}, dtype="float64"))
@@ -156,3 +159,32 @@ def test_config_file_key_pack(tmp_path):
     args, given = cli.parse(["--config", str(path)])
     config = cli._train_config(args)
     assert (config.pack, config.ema) == (4, 0.999) and {"pack", "ema"} <= given
+
+
+@pytest.mark.parametrize("data", ["ring8", "stacked-digits"])
+def test_large_model_sizes_and_identical_initial_weights(data):
+    models = initial_models(TrainConfig(data=data, sn=True, model="large", pack=2))
+    G, D = models["fastsn"]
+    if data == "ring8":
+        widths = [m.out_features for m in G if isinstance(m, torch.nn.Linear)]
+        assert widths == [400, 400, 400, 400, 2] and sum(isinstance(m, torch.nn.BatchNorm1d) for m in G) == 4
+        assert [m.out_features for m in D if isinstance(m, torch.nn.Linear)] == [200, 200, 200, 1]
+        assert D[0].in_features == 4
+    else:
+        assert [m.out_channels for m in D if isinstance(m, torch.nn.Conv2d)] == [64, 128, 256]
+        assert D[0].in_channels == 6 and copy.deepcopy(G)(torch.randn(4, 64)).shape == (4, 3, 8, 8)  # no BN update
+    small = build_models(ModelOptions(data, "fastsn"), seed=0)[0]
+    assert sum(p.numel() for p in G.parameters()) > 2 * sum(p.numel() for p in small.parameters())
+    fast, plain = _state(*models["fastsn"]), _state(*models["torch"])
+    assert fast.keys() == plain.keys()
+    for key, value in plain.items():
+        if "_u" not in key and "_v" not in key:
+            assert fast[key].equal(value), key
+
+
+def test_bad_model_names_the_option(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--model", "huge", "--quiet"])
+    assert "argument --model: invalid choice: 'huge'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--model: invalid value 'huge'"):
+        TrainConfig(model="huge").validate()

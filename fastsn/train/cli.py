@@ -28,14 +28,14 @@ from fastsn.train import suites
 from fastsn.train.config import DEFAULT_LR, DTYPES, FIELDS, LR_SCHEDULES, TTUR_LR, TrainConfig
 from fastsn.train.data import DATASETS, make_dataset
 from fastsn.train.losses import LOSSES
-from fastsn.train.models import BACKENDS
+from fastsn.train.models import BACKENDS, MODELS
 from fastsn.train.monitor import ACTIONS
 from fastsn.train.penalties import PENALTIES
 
 # options that define a run: giving any of them asks for one run instead of the main table
 RUN_OPTIONS = ("data", "sn", "gp", "gp_weight", "mbd", "mbstd", "loss", "n_critic", "lr_g", "lr_d", "lr_decay", "batch_size",
                "backend", "on_collapse", "monitor_every", "dtype", "unroll", "ttur", "lr_schedule", "n_power_iterations",
-               "strengthen", "pack", "ema")
+               "strengthen", "pack", "ema", "model")
 COMPARE_STEPS = 100
 
 
@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                      f"along features (2-D) or channels (images) (default {d.pack}: no packing)")
     run.add_argument("--ema", type=_unit_interval, help="evaluate a moving average of G's weights with this decay, "
                      "e.g. 0.999 (default 0: G itself)")
+    run.add_argument("--model", choices=MODELS, help=f"network sizes (default {d.model}; large: 2-D G 4 x 400 with "
+                     "batch norm and D 3 x 200, the VEEGAN/PacGAN sizes; stacked digits twice the channels)")
     run.add_argument("--steps", type=_positive_int, help=f"G steps (default {d.steps}; main table "
                      f"{suites.MAIN_STEPS}; --compare {COMPARE_STEPS})")
     run.add_argument("--batch-size", type=_positive_int, help=f"global batch (default {d.batch_size})")
@@ -217,6 +219,7 @@ def _label(config: TrainConfig) -> str:
     parts += [config.schedule] if config.schedule != "constant" else []
     parts += [f"pack{config.pack}"] if config.pack > 1 else []
     parts += [f"ema{config.ema:g}"] if config.ema > 0 else []
+    parts += [f"model={config.model}"] if config.model != "small" else []
     parts += [config.loss, config.backend, f"seed{config.seed}"]
     return "-".join(parts)
 
@@ -294,7 +297,7 @@ def run_efficacy(args: argparse.Namespace, job: Job) -> dict:
     seeds = range(args.seed or 0, (args.seed or 0) + (args.seeds or suites.EFFICACY_SEEDS))
     records, rows = {}, []
     for data in datasets:
-        for label, settings in (("best", suites.BEST[data]), ("vanilla GAN", suites.VANILLA)):
+        for label, settings in (("best", suites.BEST[data]), ("vanilla GAN", suites.VANILLA[data])):
             runs = []
             for seed in seeds:
                 steps = args.steps or suites.EFFICACY_STEPS[data]

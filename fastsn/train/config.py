@@ -8,7 +8,7 @@ from typing import Optional
 
 from fastsn.train.data import DATASETS
 from fastsn.train.losses import LOSSES
-from fastsn.train.models import BACKENDS
+from fastsn.train.models import BACKENDS, MODELS
 from fastsn.train.monitor import ACTIONS
 from fastsn.train.penalties import PENALTIES
 
@@ -32,8 +32,8 @@ class TrainConfig:
 
     Attributes:
         data, sn, gp, gp_weight, mbd, mbstd, loss, n_critic, lr_g, lr_d, lr_decay, steps, batch_size, device, seed, backend,
-        on_collapse, unroll, ttur, lr_schedule, n_power_iterations, strengthen, pack, ema: as the CLI options of the same
-        names (lr_g, lr_d: None for the default, or --ttur's preset; strengthen: comma-separated policies).
+        on_collapse, unroll, ttur, lr_schedule, n_power_iterations, strengthen, pack, ema, model: as the CLI options
+        of the same names (lr_g, lr_d: None for the default, or --ttur's preset; strengthen: comma-separated policies).
         monitor_every: steps between collapse-monitor checks (0: steps // 20, at least 1).
         dtype: "float32" or "float64" (weights, data and latents).
         cache_dir: where the digit classifier is cached (None: the default cache).
@@ -65,6 +65,7 @@ class TrainConfig:
     cache_dir: Optional[str] = None
     pack: int = 1
     ema: float = 0.0
+    model: str = "small"
 
     @property
     def penalty_weight(self) -> float:
@@ -95,7 +96,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the option for a bad value; return self."""
         choices = {"dtype": DTYPES, "data": DATASETS, "gp": PENALTIES, "loss": LOSSES, "backend": BACKENDS,
-                   "on_collapse": ACTIONS, "lr_schedule": LR_SCHEDULES}
+                   "on_collapse": ACTIONS, "lr_schedule": LR_SCHEDULES, "model": MODELS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')}: invalid value {getattr(self, name)!r} "

@@ -18,7 +18,12 @@ import fastsn
 from fastsn.train import twins
 
 BACKENDS = ("fastsn", "torch")
-HIDDEN_2D = 128      # MLP width for the 2-D mixtures
+HIDDEN_2D = 128      # MLP width for the 2-D mixtures (--model small)
+# --model large, 2-D: the VEEGAN/PacGAN sizes (G: 4 hidden ReLU layers of 400 with batch norm; D: 3 hidden layers
+# of 200): the small G leaves ~15% of its samples on bridges between the ring's modes (ring8, --pack 4, 5000 steps:
+# 75% within 3 std, while the modes themselves had the data's std)
+LARGE_G_2D, LARGE_G_LAYERS_2D, LARGE_D_2D = 400, 4, 200
+MODELS = ("small", "large")
 Z_DIM_2D = 16
 Z_DIM_IMAGE = 64
 # minibatch discrimination: B kernels of C dims. Small, because the torch twin's naive broadcast builds (N, N, B, C):
@@ -43,6 +48,7 @@ class ModelOptions:
             (:class:`SwitchableFeatures`; ignored when ``mbd`` is on).
         pack: PacGAN's M: D judges M samples at once, so its input layer takes M times the features of one sample
             (2-D: 2M inputs; images: 3M channels).
+        model: "small" (the default networks) or "large" (2-D: the VEEGAN/PacGAN sizes; images: twice the channels).
     """
     data: str
     backend: str
@@ -52,13 +58,14 @@ class ModelOptions:
     n_power_iterations: int = 1
     mbd_switch: bool = False
     pack: int = 1
+    model: str = "small"
 
     @classmethod
     def from_config(cls, config, backend: Optional[str] = None) -> "ModelOptions":
         """The options of a :class:`fastsn.train.config.TrainConfig` (with ``backend`` instead of its own)."""
         switch = config.on_collapse == "strengthen" and "mbd" in config.policies and not config.mbd
         return cls(config.data, backend or config.backend, config.sn, config.mbd, config.mbstd,
-                   config.n_power_iterations, switch, config.pack)
+                   config.n_power_iterations, switch, config.pack, config.model)
 
 
 class SwitchableFeatures(torch.nn.Module):
@@ -142,41 +149,49 @@ def _head(parts: _Parts, features: int) -> list[torch.nn.Module]:
     return layers
 
 
-def mlp_generator() -> torch.nn.Module:
-    """z (N, 16) -> x (N, 2): three ReLU layers of 128."""
+def mlp_generator(model: str = "small") -> torch.nn.Module:
+    """z (N, 16) -> x (N, 2). small: three ReLU layers of 128; large: four Linear + batch norm + ReLU layers of 400."""
+    if model == "large":
+        layers: list[torch.nn.Module] = []
+        for fan_in in (Z_DIM_2D,) + (LARGE_G_2D,) * (LARGE_G_LAYERS_2D - 1):
+            layers += [torch.nn.Linear(fan_in, LARGE_G_2D), torch.nn.BatchNorm1d(LARGE_G_2D), torch.nn.ReLU()]
+        return torch.nn.Sequential(*layers, torch.nn.Linear(LARGE_G_2D, 2))
     h = HIDDEN_2D
     return torch.nn.Sequential(torch.nn.Linear(Z_DIM_2D, h), torch.nn.ReLU(), torch.nn.Linear(h, h), torch.nn.ReLU(),
                                torch.nn.Linear(h, h), torch.nn.ReLU(), torch.nn.Linear(h, 2))
 
 
 def mlp_discriminator(parts: _Parts) -> torch.nn.Module:
-    """x (N, 2M) -> scores (N, 1), M = options.pack: three bias-free Linear + bias/leaky-ReLU layers of 128, then the
-    head."""
-    h = HIDDEN_2D
+    """x (N, 2M) -> scores (N, 1), M = options.pack: three bias-free Linear + bias/leaky-ReLU layers of 128 (--model
+    large: 200), then the head."""
+    h = LARGE_D_2D if parts.options.model == "large" else HIDDEN_2D
     layers: list[torch.nn.Module] = []
     for fan_in in (2 * parts.options.pack, h, h):
         layers += [parts.weight(torch.nn.Linear(fan_in, h, bias=False)), parts.act(h)]
     return torch.nn.Sequential(*layers, *_head(parts, h))
 
 
-def conv_generator() -> torch.nn.Module:
-    """z (N, 64) -> x (N, 3, 8, 8) in [-1, 1]: DCGAN-style, 2x2 -> 4x4 -> 8x8 with batch norm."""
+def conv_generator(model: str = "small") -> torch.nn.Module:
+    """z (N, 64) -> x (N, 3, 8, 8) in [-1, 1]: DCGAN-style, 2x2 -> 4x4 -> 8x8 with batch norm; channels 128, 64, 32
+    (--model large: 256, 128, 64)."""
+    w = 2 if model == "large" else 1
     return torch.nn.Sequential(
-        torch.nn.Linear(Z_DIM_IMAGE, 128 * 2 * 2), torch.nn.Unflatten(1, (128, 2, 2)),
-        torch.nn.BatchNorm2d(128), torch.nn.ReLU(),
-        torch.nn.ConvTranspose2d(128, 64, 4, 2, 1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),   # (N, 64, 4, 4)
-        torch.nn.ConvTranspose2d(64, 32, 4, 2, 1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),    # (N, 32, 8, 8)
-        torch.nn.Conv2d(32, 3, 3, 1, 1), torch.nn.Tanh())
+        torch.nn.Linear(Z_DIM_IMAGE, 128 * w * 2 * 2), torch.nn.Unflatten(1, (128 * w, 2, 2)),
+        torch.nn.BatchNorm2d(128 * w), torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(128 * w, 64 * w, 4, 2, 1), torch.nn.BatchNorm2d(64 * w), torch.nn.ReLU(),  # 4 x 4
+        torch.nn.ConvTranspose2d(64 * w, 32 * w, 4, 2, 1), torch.nn.BatchNorm2d(32 * w), torch.nn.ReLU(),   # 8 x 8
+        torch.nn.Conv2d(32 * w, 3, 3, 1, 1), torch.nn.Tanh())
 
 
 def conv_discriminator(parts: _Parts) -> torch.nn.Module:
     """x (N, 3M, 8, 8) -> scores (N, 1), M = options.pack: 8x8 -> 4x4 -> 2x2 bias-free convolutions + bias/leaky
-    ReLU, then the head on the 128 * 2 * 2 flattened features (minibatch std-dev as an extra channel of the 2x2
-    map)."""
+    ReLU to 32, 64, 128 channels (--model large: 64, 128, 256), then the head on the flattened 2x2 map (minibatch
+    std-dev as an extra channel of it)."""
+    w = 2 if parts.options.model == "large" else 1
     layers: list[torch.nn.Module] = []
-    for c_in, c_out, k, s in ((3 * parts.options.pack, 32, 3, 1), (32, 64, 4, 2), (64, 128, 4, 2)):
+    for c_in, c_out, k, s in ((3 * parts.options.pack, 32 * w, 3, 1), (32 * w, 64 * w, 4, 2), (64 * w, 128 * w, 4, 2)):
         layers += [parts.weight(torch.nn.Conv2d(c_in, c_out, k, s, 1, bias=False)), parts.act(c_out)]
-    channels = 128
+    channels = 128 * w
     if parts.options.mbstd:
         layers.append(parts.mbstd())
         channels += 1
@@ -226,6 +241,8 @@ def build_models(options: ModelOptions, seed: int) -> tuple[torch.nn.Module, tor
     """
     parts = _Parts(options)
     torch.manual_seed(seed)
+    if options.model not in MODELS:
+        raise ValueError(f"--model: invalid value {options.model!r} (choose from {', '.join(MODELS)})")
     if options.data == "stacked-digits":
-        return conv_generator(), conv_discriminator(parts)
-    return mlp_generator(), mlp_discriminator(parts)
+        return conv_generator(options.model), conv_discriminator(parts)
+    return mlp_generator(options.model), mlp_discriminator(parts)

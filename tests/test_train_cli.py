@@ -147,7 +147,7 @@ def test_power_iterations_reach_the_spectral_norms():
 
 def test_cures_suite_table_and_picture(tmp_path, capsys):
     out = tmp_path / "cures"
-    assert cli.main(["--suite", "cures", "--steps", "2", "--seeds", "2", "--data", "ring8", "--out", str(out),
+    assert cli.main(["--suite", "cures", "--steps", "2", "--seeds", "1", "--data", "ring8", "--out", str(out),
                      "--quiet"]) == 0
     printed = capsys.readouterr().out
     from fastsn.train import suites
@@ -155,7 +155,7 @@ def test_cures_suite_table_and_picture(tmp_path, capsys):
         assert f"| ring8 | {label} |" in printed
     assert "FID-local" in printed and "EMD" in printed and "s CPU time" in printed
     report = json.loads((out / "report.json").read_text())
-    assert len(report["runs"]) == 2 * len(suites.CURES) and report["cpu_seconds"] > 0
+    assert len(report["runs"]) == len(suites.CURES) and report["cpu_seconds"] > 0
     assert (out / "cures-samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("ring8-*-samples.png"))  # one combined picture, not one per run
 

@@ -1,6 +1,6 @@
 """fastsn-train under DistributedDataParallel with 2 CPU processes (gloo): D's gradients with the gradient penalty
 and spectral norm equal those of one process on the whole batch, every rank ends with the same weights and u, v
-(also with unrolled G steps), and ``torchrun --nproc_per_node=2 -m fastsn.train`` runs end to end."""
+(also with unrolled G steps, and after collapse events that strengthen the regularization), and ``torchrun --nproc_per_node=2 -m fastsn.train`` runs end to end."""
 from __future__ import annotations
 
 import json
@@ -19,6 +19,7 @@ from fastsn.train import losses
 from fastsn.train.config import TrainConfig
 from fastsn.train.loop import _Pair, discriminator_backward, train
 from fastsn.train.models import ModelOptions, build_models
+from fastsn.train.monitor import CollapseMonitor
 
 WORLD = 2
 HALF = 8
@@ -30,6 +31,18 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 def _batch(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(50 + rank)
     return torch.randn(HALF, 2, generator=g), torch.randn(HALF, 2, generator=g)
+
+
+class _AlwaysCollapsing(CollapseMonitor):
+    """A monitor that reports a collapse at every check from the second on (rank 0 is the only one that checks)."""
+
+    def check(self, check):
+        self.checks.append(check)
+        if len(self.checks) < 2:
+            return None
+        event = {"step": check.step, "measure": "modes", "value": 0.0, "best": 8.0, "action": self.action}
+        self.events.append(event)
+        return event
 
 
 def _worker(rank: int, init_file: str, results: dict) -> None:
@@ -52,7 +65,15 @@ def _worker(rank: int, init_file: str, results: dict) -> None:
         unrolled = train(TrainConfig(steps=2, batch_size=2 * HALF, sn=True, unroll=2), evaluate=False)
         state.update({f"unrolled.{k}.{n}": v.clone() for k, m in (("G", unrolled.G), ("D", unrolled.D))
                       for n, v in m.state_dict().items()})
-        results[rank] = {"grads": grads, "state": state, "world": result.world_size}
+        # collapse events seen by rank 0's monitor: every rank applies the same policies (lr-d, penalty, mbd)
+        from fastsn.train import loop
+        loop.CollapseMonitor = _AlwaysCollapsing
+        strengthened = train(TrainConfig(steps=4, batch_size=2 * HALF, gp="wgan-gp", on_collapse="strengthen",
+                                         strengthen="lr-d,penalty,mbd", monitor_every=1))
+        state.update({f"strengthened.{k}.{n}": v.clone() for k, m in (("G", strengthened.G), ("D", strengthened.D))
+                      for n, v in m.state_dict().items()})
+        used = {k: strengthened.config[k] for k in ("lr_d", "gp_weight", "mbd_switched_on")}
+        results[rank] = {"grads": grads, "state": state, "world": result.world_size, "strengthened": used}
     finally:
         dist.destroy_process_group()
 
@@ -87,6 +108,7 @@ def test_ddp_gradients_match_one_process_and_ranks_agree(tmp_path):
         assert results[rank]["world"] == WORLD
         for name, value in reference.items():
             torch.testing.assert_close(results[rank]["grads"][name], value, rtol=1e-5, atol=1e-7, msg=name)
+        assert results[rank]["strengthened"] == {"lr_d": 5e-4, "gp_weight": 20.0, "mbd_switched_on": True}
         for key, value in results[0]["state"].items():  # weights, u and v identical on every rank
             assert torch.equal(results[rank]["state"][key], value), key
 

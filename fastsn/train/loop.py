@@ -235,7 +235,7 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
     evaluator = Evaluator(data, config.cache_dir) if evaluate and rank == 0 else None
     monitor = CollapseMonitor(config.on_collapse)
     history: dict[str, list] = {"step": [], "d_loss": [], "g_loss": [], "penalty": []}
-    train_seconds, stopped_at, last_modes = 0.0, None, None
+    train_seconds, stopped_at, last_modes, events_seen = 0.0, None, None, 0
 
     def real_batch() -> torch.Tensor:
         return data.sample(batch, streams["data"]).to(device, dtype)
@@ -277,22 +277,30 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
         history["g_loss"].append(loss_g.item())
         history["penalty"].append(penalty.item())
 
-        stop = False
+        event = None
         if evaluator is not None and (step % config.check_every == 0 or step == config.steps):
             modes, diversity = evaluator.monitor(G_eval, latent, step, device)
             last_modes = modes
             event = monitor.check(Check(step, modes, diversity, _sigmas(D), layer_spectra(D)))
+        collapsed = event is not None
+        if world > 1 and config.on_collapse != "warn":
+            # rank 0 decides; every process must act on the same events: the same penalty, learning rate and
+            # minibatch switch, and leaving the loop at the same step
+            flag = torch.tensor([1.0 if collapsed else 0.0], device=device)
+            dist.broadcast(flag, 0)
+            collapsed = bool(flag.item())
+        stop = False
+        if collapsed:
+            events_seen += 1
+            if config.on_collapse == "strengthen":
+                policies = config.policies
+                change = strength.apply(policies[min(events_seen, len(policies)) - 1], base_lr)
+                if event is not None:
+                    event.update(change)
             if event is not None:
-                if config.on_collapse == "strengthen":
-                    policies = config.policies
-                    event.update(strength.apply(policies[min(len(monitor.events), len(policies)) - 1], base_lr))
                 warnings.warn(f"fastsn-train: collapse at step {step}: {event['measure']} fell to "
                               f"{event['value']:.3g} from {event['best']:.3g} ({config.on_collapse})", stacklevel=2)
-                stop = config.on_collapse == "stop"
-        if world > 1 and config.on_collapse == "stop":
-            flag = torch.tensor([1.0 if stop else 0.0], device=device)
-            dist.broadcast(flag, 0)  # rank 0 decides; every process must leave the loop at the same step
-            stop = bool(flag.item())
+            stop = config.on_collapse == "stop"
         if progress is not None and rank == 0:
             progress(step, {"d_loss": history["d_loss"][-1], "g_loss": history["g_loss"][-1], "modes": last_modes})
         if stop:

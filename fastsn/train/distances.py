@@ -68,7 +68,7 @@ def inception_score(probabilities: torch.Tensor) -> float:
     """
     p = probabilities.detach().double().cpu()
     marginal = p.mean(0)
-    return math.exp(_entropy(marginal) - float(_entropy_rows(p).mean()))
+    return math.exp(float(_entropy_rows(marginal[None])[0]) - float(_entropy_rows(p).mean()))
 
 
 def stacked_inception_score(probabilities: torch.Tensor) -> float:
@@ -86,12 +86,7 @@ def stacked_inception_score(probabilities: torch.Tensor) -> float:
         raise ValueError(f"stacked_inception_score: probabilities must be (N, 3, K), got {tuple(p.shape)}")
     marginal = torch.einsum("ni,nj,nk->ijk", p[:, 0], p[:, 1], p[:, 2]) / p.shape[0]  # (K, K, K): p(y)
     conditional = _entropy_rows(p.flatten(0, 1)).view(p.shape[0], 3).sum(1)  # (N,)
-    return math.exp(_entropy(marginal.flatten()) - float(conditional.mean()))
-
-
-def _entropy(p: torch.Tensor) -> float:
-    nonzero = p[p > 0]
-    return float(-(nonzero * nonzero.log()).sum())
+    return math.exp(float(_entropy_rows(marginal.reshape(1, -1))[0]) - float(conditional.mean()))
 
 
 def _entropy_rows(p: torch.Tensor) -> torch.Tensor:

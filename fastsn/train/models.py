@@ -137,11 +137,8 @@ class _Parts:
 
 
 def _head(parts: _Parts, features: int) -> list[torch.nn.Module]:
-    """[mbstd] [mbd] Linear(., 1) on (N, features) features."""
+    """[mbd] Linear(., 1) on (N, features) features (minibatch discrimination on or switchable)."""
     layers: list[torch.nn.Module] = []
-    if parts.options.mbstd:
-        layers.append(parts.mbstd())
-        features += 1
     if parts.with_mbd:
         layers.append(parts.mbd(features))
         features += MBD_KERNELS
@@ -168,6 +165,9 @@ def mlp_discriminator(parts: _Parts) -> torch.nn.Module:
     layers: list[torch.nn.Module] = []
     for fan_in in (2 * parts.options.pack, h, h):
         layers += [parts.weight(torch.nn.Linear(fan_in, h, bias=False)), parts.act(h)]
+    if parts.options.mbstd:
+        layers.append(parts.mbstd())
+        h += 1
     return torch.nn.Sequential(*layers, *_head(parts, h))
 
 
@@ -196,12 +196,7 @@ def conv_discriminator(parts: _Parts) -> torch.nn.Module:
         layers.append(parts.mbstd())
         channels += 1
     layers.append(torch.nn.Flatten())
-    features = channels * 2 * 2
-    if parts.with_mbd:
-        layers.append(parts.mbd(features))
-        features += MBD_KERNELS
-    layers.append(parts.weight(torch.nn.Linear(features, 1)))
-    return torch.nn.Sequential(*layers)
+    return torch.nn.Sequential(*layers, *_head(parts, channels * 2 * 2))
 
 
 def pack_samples(x: torch.Tensor, m: int) -> torch.Tensor:

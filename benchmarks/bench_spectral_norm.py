@@ -1,6 +1,7 @@
 """Spectral normalization: fastsn against torch's parametrization (eager and torch.compile) and torch's hook API.
 
-Cases, each forward + backward in training mode (one power iteration, u and v updated in place):
+Cases, each forward + backward in training mode (one power iteration, u and v updated in place), gradients
+cleared before each as ``optimizer.zero_grad()`` does (set to None), so no provider pays an accumulation pass:
     layer-*: the spectral norm of one weight alone (W -> W_sn, then W_sn.backward(G)); fastsn layer by layer.
     refresh-*: every spectral-norm weight of a discriminator recomputed once, forward and backward: torch under
         ``parametrize.cached()`` (the hook API: layer by layer), fastsn under ``fastsn.grouped_spectral_norm``.
@@ -87,8 +88,11 @@ def _refresh(model: torch.nn.ModuleList, provider: str, grouped: bool = True) ->
 
     if provider == "torch.compile":
         weights = torch.compile(weights)
+    params = list(model.parameters())
 
     def run() -> torch.Tensor:
+        for param in params:
+            param.grad = None
         if provider.startswith("fastsn"):
             with fastsn.use_backend(provider.removeprefix("fastsn-")), \
                     (fastsn.grouped_spectral_norm(model) if grouped else parametrize.cached()):

@@ -6,9 +6,18 @@ torch.compile), "fastsn-cpu", "fastsn-cuda", "fastsn-triton". Each case is named
 ``extra_info`` holds what a report needs (provider, device name, bytes moved).
 
 Run: ``pytest benchmarks`` (timings), or ``pytest benchmarks --benchmark-disable`` (each case once: a smoke test).
+
+Heap: glibc's malloc serves blocks above a threshold (128 KiB at first, then adapting) with mmap and returns them
+on free, so a weight-sized tensor allocated per call is faulted in page by page; which calls pay that depends on
+what ran before, and on the 2-core VM it moved a provider's median by 2x between runs of the same code (800 faults
+per SNGAN refresh for one provider, none for the next). The benchmarks therefore fix both thresholds at 1 GiB
+(``mallopt``), for every provider alike; ``FASTSN_BENCH_MALLOC=default`` keeps glibc's behaviour. The choice is
+recorded in the JSON's ``machine_info["malloc"]``.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from typing import Callable, Optional
 
@@ -18,6 +27,27 @@ import torch
 from fastsn import _backend
 
 PROVIDERS = ("torch", "torch.compile", "fastsn-cpu", "fastsn-cuda", "fastsn-triton")
+
+
+def _fix_heap_thresholds() -> str:
+    """Set glibc's mmap and trim thresholds to 1 GiB unless FASTSN_BENCH_MALLOC=default; says what was done."""
+    if os.environ.get("FASTSN_BENCH_MALLOC", "") == "default":
+        return "glibc defaults (FASTSN_BENCH_MALLOC=default)"
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return "allocator defaults (no glibc mallopt)"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    if libc.mallopt(m_mmap_threshold, 1 << 30) != 1 or libc.mallopt(m_trim_threshold, 1 << 30) != 1:
+        return "allocator defaults (mallopt refused)"
+    return "glibc mmap and trim thresholds 1 GiB (mallopt)"
+
+
+HEAP = _fix_heap_thresholds()
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine_info["malloc"] = HEAP
 
 
 def devices() -> list[str]:

@@ -276,6 +276,51 @@ def test_grouped_gradgradcheck_float64(backend_device):
     assert torch.autograd.gradgradcheck(normalized, tuple(weights))
 
 
+def test_registered_autograd_matches_eager_function(backend_device):
+    """Eager calls of the functional ops take fastsn's autograd.Functions; torch.compile, opcheck and direct
+    torch.ops calls take the ops' registered autograd. Both must give the same first and second-order gradients."""
+    backend, device = backend_device
+    if backend == "ref":
+        pytest.skip("the reference is plain autograd, no op")
+    suffix = "_triton" if backend == "triton" else ""
+    normalize = getattr(torch.ops.fastsn, "spectral_norm_normalize" + suffix)
+    grouped = getattr(torch.ops.fastsn, "spectral_norm_grouped_normalize" + suffix)
+    shapes, dims = [(4, 3), (3, 4, 2, 2)], [0, 1]
+    weights = [torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True) for shape in shapes]
+    vectors = [_vectors(shape, dim, torch.float64, device) for shape, dim in zip(shapes, dims)]
+    sigmas = [sn.spectral_norm_power_iteration(w.detach(), u.clone(), v.clone(), d, 0, 1e-12, True, backend=backend)[0]
+              for w, (u, v), d in zip(weights, vectors, dims)]
+    u_flat, v_flat = torch.cat([u for u, _ in vectors]), torch.cat([v for _, v in vectors])
+    sigma_flat = torch.stack(sigmas)
+
+    def single(op_path: bool):
+        def f(w):
+            u, v = vectors[1]
+            if op_path:
+                return normalize(w, u, v, sigmas[1], dims[1], 1e-12)
+            return sn.spectral_norm_normalize(w, u, v, sigmas[1], dims[1], 1e-12, backend=backend)
+        return f
+
+    def group(op_path: bool):
+        def f(*ws):
+            if op_path:
+                return tuple(grouped(list(ws), u_flat, v_flat, sigma_flat, dims, [1e-12] * 2))
+            return tuple(sn.spectral_norm_grouped_normalize(list(ws), u_flat, v_flat, sigma_flat, dims, [1e-12] * 2,
+                                                            backend=backend))
+        return f
+
+    for make, inputs in ((single, (weights[1],)), (group, tuple(weights))):
+        outs = {}
+        for op_path in (True, False):
+            out = make(op_path)(*inputs)
+            out = out if isinstance(out, tuple) else (out,)
+            grads = torch.autograd.grad(sum((o * o).sum() for o in out), inputs, create_graph=True)
+            second = torch.autograd.grad(sum(g.sum() for g in grads), inputs)
+            outs[op_path] = [t.detach() for t in (*out, *grads, *second)]
+        for a, b in zip(outs[True], outs[False]):
+            torch.testing.assert_close(a, b)
+
+
 def test_grouped_bad_input_names_the_argument(backend_device):
     backend, device = backend_device
     weights, us, vs, dims = _group(torch.float32, device)

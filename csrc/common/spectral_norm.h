@@ -125,4 +125,42 @@ inline GroupedVectors split_grouped_vectors(at::TensorList weights, const at::Te
   return out;
 }
 
+// Where weight k's u (h) and v (w) start in the flat vectors of a grouped op, with the checks that
+// split_grouped_vectors and check_normalize_args make, but no tensor per slice (the CPU kernels read by pointer).
+struct GroupedOffset {
+  int64_t h_offset = 0, w_offset = 0;
+  SpectralNormShape shape;
+};
+
+inline std::vector<GroupedOffset> grouped_offsets(at::TensorList weights, const at::Tensor& us, const at::Tensor& vs,
+                                                  const at::Tensor& sigmas, at::IntArrayRef dims, const char* op) {
+  check_floating(us, op, "us");
+  check_floating(vs, op, "vs");
+  check_floating(sigmas, op, "sigmas");
+  TORCH_CHECK(us.dim() == 1 && vs.dim() == 1 && sigmas.dim() == 1, op,
+              "(): arguments 'us', 'vs' and 'sigmas' must be 1-D (the vectors of all weights, concatenated)");
+  TORCH_CHECK(sigmas.numel() == static_cast<int64_t>(weights.size()), op, "(): argument 'sigmas' must hold one value per "
+              "weight (", weights.size(), "), got ", sigmas.numel());
+  std::vector<GroupedOffset> out(weights.size());
+  int64_t h_offset = 0, w_offset = 0;
+  for (size_t k = 0; k < weights.size(); ++k) {
+    const at::Tensor& weight = weights[k];
+    check_floating(weight, op, "weights");
+    TORCH_CHECK(weight.dim() >= 2 && dims[k] >= 0 && dims[k] < weight.dim(), op, "(): weight ", k,
+                " must have at least 2 dimensions and 'dims' within them, got shape ", weight.sizes(), " and dim ",
+                dims[k]);
+    TORCH_CHECK(us.scalar_type() == weight.scalar_type() && vs.scalar_type() == weight.scalar_type(), op,
+                "(): arguments 'us' and 'vs' must have the dtype of the weights (", weight.scalar_type(), "), got ",
+                us.scalar_type(), " and ", vs.scalar_type());
+    TORCH_CHECK(us.device() == weight.device() && vs.device() == weight.device() && sigmas.device() == weight.device(),
+                op, "(): arguments 'us', 'vs' and 'sigmas' must be on the device of the weights (", weight.device(), ")");
+    out[k] = {h_offset, w_offset, spectral_norm_shape(weight, dims[k])};
+    h_offset += out[k].shape.h;
+    w_offset += out[k].shape.w();
+  }
+  TORCH_CHECK(h_offset == us.numel() && w_offset == vs.numel(), op, "(): arguments 'us' and 'vs' must hold exactly the "
+              "vectors of the weights (", h_offset, " and ", w_offset, " values), got ", us.numel(), " and ", vs.numel());
+  return out;
+}
+
 }  // namespace fastsn

@@ -75,8 +75,8 @@ def grouped_spectral_norm(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             weights, [e.u for e in group], [e.v for e in group], dims, [e.iterations for e in group], eps,
             [e.u_first for e in group])
         normalized = spectral_norm_grouped_normalize(weights, u_copies, v_copies, sigmas, dims, eps)
-        for entry, weight in zip(group, normalized):
-            table[entry.key] = weight.view(entry.shape)
+        for entry, weight in zip(group, normalized):  # (a 1-D hook weight was normalized as (h, 1))
+            table[entry.key] = weight if weight.shape == entry.shape else weight.view(entry.shape)
     outer, _grouped._table = _grouped._table, table  # blocks nest: the inner one wins, the outer comes back
     try:
         yield model

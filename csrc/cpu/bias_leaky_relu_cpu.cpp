@@ -42,6 +42,18 @@ at::Tensor bias_leaky_relu_cpu(const at::Tensor& x, const c10::optional<at::Tens
       });
       return;
     }
+    if (s.inner == 1) {
+      // (outer, C) with C last, e.g. a Linear layer's (N, C): rows of C elements, the bias read as a vector
+      const int64_t channels = s.channels, rows = xc.numel() / channels;
+      at::parallel_for(0, rows, std::max<int64_t>(1, kGrainSize / channels), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const scalar_t* __restrict__ xr = px + r * channels;
+          scalar_t* __restrict__ yr = py + r * channels;
+          for (int64_t c = 0; c < channels; ++c) yr[c] = activate(static_cast<acc_t>(xr[c]) + static_cast<acc_t>(pb[c]));
+        }
+      });
+      return;
+    }
     // rows of `inner` contiguous elements share one bias value: (outer * C) rows, the channel advancing by one per
     // row, so the inner loop has no division and vectorizes
     const int64_t inner = s.inner, rows = xc.numel() / s.inner;

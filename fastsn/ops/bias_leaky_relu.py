@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from fastsn import _backend, _extension
 from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
+from fastsn.ops._eager import below_autograd, eager_autograd
 
 OP = "fastsn::bias_leaky_relu"
 
@@ -72,8 +73,12 @@ def bias_leaky_relu_backward_ref(grad: torch.Tensor, y: torch.Tensor, negative_s
     return (grad.to(opmath) * scale).to(grad.dtype)
 
 
+def _backend_suffix(backend: str) -> str:
+    return "_triton" if backend == "triton" else ""
+
+
 def _kernel(name: str, backend: str):
-    return getattr(torch.ops.fastsn, f"{name}_triton" if backend == "triton" else name)
+    return getattr(torch.ops.fastsn, name + _backend_suffix(backend))
 
 
 def bias_leaky_relu(x: torch.Tensor, bias: Optional[torch.Tensor] = None, negative_slope: float = 0.2,
@@ -96,6 +101,8 @@ def bias_leaky_relu(x: torch.Tensor, bias: Optional[torch.Tensor] = None, negati
     name = _backend.resolve("bias_leaky_relu", x.device, backend)
     if name == "ref":
         return bias_leaky_relu_ref(x, bias, negative_slope, gain, dim)
+    if (x.requires_grad or (bias is not None and bias.requires_grad)) and eager_autograd():
+        return _ForwardFunction.apply(x, bias, dim, float(negative_slope), float(gain), _backend_suffix(name))
     return _kernel("bias_leaky_relu", name)(x, bias, dim, float(negative_slope), float(gain))
 
 
@@ -118,14 +125,26 @@ def _forward_setup_context(ctx, inputs, output):
     ctx.dim, ctx.negative_slope, ctx.gain, ctx.has_bias = dim, negative_slope, gain, bias is not None
 
 
-def _make_forward_backward(backward_op: str):
+def _backward_call(grad: torch.Tensor, y: torch.Tensor, negative_slope: float, gain: float, suffix: str):
+    """bias_leaky_relu_backward(grad, y): in eager mode through its autograd.Function when it may be differentiated
+    again (create_graph=True), else the op."""
+    if (grad.requires_grad or y.requires_grad) and eager_autograd():
+        return _BackwardFunction.apply(grad, y, negative_slope, gain, suffix)
+    return getattr(torch.ops.fastsn, "bias_leaky_relu_backward" + suffix)(grad, y, negative_slope, gain)
+
+
+def _forward_grads(ctx, grad: torch.Tensor, suffix: str):
+    (y,) = ctx.saved_tensors
+    dx = _backward_call(grad, y, ctx.negative_slope, ctx.gain, suffix)
+    dbias = None
+    if ctx.has_bias and ctx.needs_input_grad[1]:
+        dbias = dx.sum(dim=[d for d in range(dx.dim()) if d != ctx.dim])
+    return dx, dbias
+
+
+def _make_forward_backward(suffix: str):
     def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        dx = getattr(torch.ops.fastsn, backward_op)(grad, y, ctx.negative_slope, ctx.gain)
-        dbias = None
-        if ctx.has_bias and ctx.needs_input_grad[1]:
-            dbias = dx.sum(dim=[d for d in range(dx.dim()) if d != ctx.dim])
-        return dx, dbias, None, None, None
+        return (*_forward_grads(ctx, grad, suffix), None, None, None)
     return backward
 
 
@@ -135,12 +154,44 @@ def _backward_setup_context(ctx, inputs, output):
     ctx.negative_slope, ctx.gain = negative_slope, gain
 
 
-def _make_backward_backward(backward_op: str):
+def _backward_grad(ctx, grad_of_dx: torch.Tensor, suffix: str) -> torch.Tensor:
+    (y,) = ctx.saved_tensors
+    # dx is linear in grad with the same mask; the mask does not change with y almost everywhere
+    return _backward_call(grad_of_dx, y, ctx.negative_slope, ctx.gain, suffix)
+
+
+def _make_backward_backward(suffix: str):
     def backward(ctx, grad_of_dx):
-        (y,) = ctx.saved_tensors
-        # dx is linear in grad with the same mask; the mask does not change with y almost everywhere
-        return getattr(torch.ops.fastsn, backward_op)(grad_of_dx, y, ctx.negative_slope, ctx.gain), None, None, None
+        return _backward_grad(ctx, grad_of_dx, suffix), None, None, None
     return backward
+
+
+# The eager twins of the registered autograd below (see fastsn/ops/_eager.py).
+class _ForwardFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bias, dim, negative_slope, gain, suffix):
+        y = below_autograd(getattr(torch.ops.fastsn, "bias_leaky_relu" + suffix), x, bias, dim, negative_slope, gain)
+        _forward_setup_context(ctx, (x, bias, dim, negative_slope, gain), y)
+        ctx.suffix = suffix
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (*_forward_grads(ctx, grad, ctx.suffix), None, None, None, None)
+
+
+class _BackwardFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad, y, negative_slope, gain, suffix):
+        dx = below_autograd(getattr(torch.ops.fastsn, "bias_leaky_relu_backward" + suffix), grad, y, negative_slope,
+                            gain)
+        _backward_setup_context(ctx, (grad, y, negative_slope, gain), dx)
+        ctx.suffix = suffix
+        return dx
+
+    @staticmethod
+    def backward(ctx, grad_of_dx):
+        return _backward_grad(ctx, grad_of_dx, ctx.suffix), None, None, None, None
 
 
 for _suffix in ("", "_triton"):
@@ -148,8 +199,8 @@ for _suffix in ("", "_triton"):
         torch.library.register_fake("fastsn::bias_leaky_relu" + _suffix)(_forward_fake)
         torch.library.register_fake("fastsn::bias_leaky_relu_backward" + _suffix)(_backward_fake)
         torch.library.register_autograd("fastsn::bias_leaky_relu" + _suffix,
-                                        _make_forward_backward("bias_leaky_relu_backward" + _suffix),
+                                        _make_forward_backward(_suffix),
                                         setup_context=_forward_setup_context)
         torch.library.register_autograd("fastsn::bias_leaky_relu_backward" + _suffix,
-                                        _make_backward_backward("bias_leaky_relu_backward" + _suffix),
+                                        _make_backward_backward(_suffix),
                                         setup_context=_backward_setup_context)

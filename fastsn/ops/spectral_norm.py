@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from fastsn import _backend, _extension
 from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
+from fastsn.ops._eager import below_autograd, eager_autograd
 
 OP = "fastsn::spectral_norm"
 
@@ -232,12 +233,6 @@ def _check_group(weights: list, op: str = OP + "_grouped", **lists: list) -> Non
 # dispatch
 # ---------------------------------------------------------------------------------------------------------------
 
-def _eager_autograd() -> bool:
-    """Whether a differentiable call takes this module's autograd.Functions (eager, grad mode on) rather than the
-    op's own registration (torch.compile traces the registered op)."""
-    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
-
-
 def _backend_suffix(backend: str) -> str:
     return "_triton" if backend == "triton" else ""
 
@@ -271,7 +266,7 @@ def spectral_norm_normalize(weight: torch.Tensor, u: torch.Tensor, v: torch.Tens
     name = _backend.resolve("spectral_norm", weight.device, backend)
     if name == "ref":
         return spectral_norm_normalize_ref(weight, u, v, sigma, dim, eps)
-    if weight.requires_grad and _eager_autograd():
+    if weight.requires_grad and eager_autograd():
         return _NormalizeFunction.apply(weight, u, v, sigma, dim, eps, _backend_suffix(name))
     return _kernel("spectral_norm_normalize", name)(weight, u, v, sigma, dim, eps)
 
@@ -301,7 +296,7 @@ def spectral_norm_grouped_normalize(weights: list[torch.Tensor], us: torch.Tenso
     name = _backend.resolve("spectral_norm", weights[0].device if weights else "cpu", backend)
     if name == "ref":
         return spectral_norm_grouped_normalize_ref(weights, us, vs, sigmas, dims, eps)
-    if any(w.requires_grad for w in weights) and _eager_autograd():
+    if any(w.requires_grad for w in weights) and eager_autograd():
         return list(_GroupedNormalizeFunction.apply(us, vs, sigmas, dims, eps, _backend_suffix(name), *weights))
     return _kernel("spectral_norm_grouped_normalize", name)(weights, us, vs, sigmas, dims, eps)
 
@@ -402,15 +397,12 @@ def _make_grouped_normalize_backward(backward_op: str):
     return backward
 
 
-# In eager mode the functional ops above call these instead of the ops' own autograd registration (below): the
-# same setup_context and backward, without torch.library's per-call handling of the arguments (defaults filled in,
-# lists flattened and rebuilt), which cost about 10 us per call and 110 us for a group of 11 weights (2-core VM).
-# Under torch.compile the registered ops are traced as usual.
+# The eager twins of the registered autograd below (see fastsn/ops/_eager.py).
 class _NormalizeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, u, v, sigma, dim, eps, suffix):
-        with torch._C._AutoDispatchBelowAutograd():  # straight to the kernel: autograd is this Function's
-            output = getattr(torch.ops.fastsn, "spectral_norm_normalize" + suffix)(weight, u, v, sigma, dim, eps)
+        output = below_autograd(getattr(torch.ops.fastsn, "spectral_norm_normalize" + suffix), weight, u, v, sigma,
+                                dim, eps)
         _normalize_setup_context(ctx, (weight, u, v, sigma, dim, eps), output)
         ctx.suffix = suffix
         return output
@@ -424,9 +416,8 @@ class _NormalizeFunction(torch.autograd.Function):
 class _GroupedNormalizeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, us, vs, sigmas, dims, eps, suffix, *weights):
-        with torch._C._AutoDispatchBelowAutograd():  # straight to the kernel: autograd is this Function's
-            output = getattr(torch.ops.fastsn, "spectral_norm_grouped_normalize" + suffix)(list(weights), us, vs,
-                                                                                            sigmas, dims, eps)
+        output = below_autograd(getattr(torch.ops.fastsn, "spectral_norm_grouped_normalize" + suffix),
+                                list(weights), us, vs, sigmas, dims, eps)
         _grouped_normalize_setup_context(ctx, (weights, us, vs, sigmas, dims, eps), output)
         ctx.suffix = suffix
         return tuple(output)

@@ -46,7 +46,7 @@ VANILLA = {
     "grid25": {"lr_decay": True},
     "stacked-digits": {"ema": 0.999, "lr_decay": True, "batch_size": 64, "lr_g": 5e-4, "lr_d": 5e-4},
 }
-EFFICACY_STEPS = {"ring8": 20000, "grid25": 20000, "stacked-digits": 4000}
+EFFICACY_STEPS = {"ring8": 20000, "grid25": 20000, "stacked-digits": 8000}
 EFFICACY_SEEDS = 5
 # the targets: (modes at least, high quality % at least, reverse KL at most)
 TARGETS = {"ring8": (7.9, 95.0, 0.05), "grid25": (24.8, 93.0, None), "stacked-digits": (1000, None, 0.1)}

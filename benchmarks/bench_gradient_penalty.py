@@ -2,12 +2,14 @@
 penalty, backward to D's parameters), fastsn.gradient_penalty against the plain PyTorch formulation.
 
 Providers: "torch" (the textbook code: per-sample interpolation, ``autograd.grad(create_graph=True)``, per-sample
-norms; R1 + R2 as two passes), "fastsn" (``fastsn.gradient_penalty`` on the same discriminator: the fused
-interpolation and penalty-head ops; R1 + R2 as one batched pass over cat([real, fake])) and "fastsn-fused-d" (the
-same, with D's bias + LeakyReLU pairs replaced by ``fastsn.nn.FusedLeakyReLU``: the same function and parameters,
-the bias moved from the layer into the activation, so the double backward through D runs fastsn's activation
-kernels). Discriminators: the 2-D toy MLP (batch 512) and the DCGAN 64x64 discriminator (batch 64, and 256 on a
-GPU); torch.compile is not a provider (it cannot trace the double backward).
+norms; R1 + R2 as two passes); "fastsn" (``fastsn.gradient_penalty`` on the same discriminator: the fused
+interpolation and penalty-head ops; R1 + R2 as one batched pass over cat([real, fake])); "fastsn-fused-d" (the same,
+with D's bias + LeakyReLU pairs replaced by ``fastsn.nn.FusedLeakyReLU``: the same function and parameters, the bias
+moved from the layer into the activation); "fastsn-converted-d" (the same D after ``fastsn.convert_leaky_relu``: its
+``nn.LeakyReLU`` layers become ``fastsn.nn.LeakyReLU``, biases left where they are). The fused activations' double
+backward sends nothing down to the layers below, where torch's sends zeros through a backward of every layer.
+Discriminators: the 2-D toy MLP (batch 512) and the DCGAN 64x64 discriminator (batch 64, and 256 on a GPU);
+torch.compile is not a provider (it cannot trace the double backward).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 import fastsn
 from conftest import device_name, synchronized
 
-PROVIDERS = ("torch", "fastsn", "fastsn-fused-d")
+PROVIDERS = ("torch", "fastsn", "fastsn-fused-d", "fastsn-converted-d")
 
 
 def toy_mlp() -> torch.nn.Module:
@@ -86,6 +88,8 @@ def test_penalty_step(benchmark, provider, device, case, kind):
     model = factory().to(device)
     if provider == "fastsn-fused-d":
         model = fuse_activations(model)
+    elif provider == "fastsn-converted-d":
+        model = fastsn.convert_leaky_relu(model)
     batch = batches[device]
     real, fake = torch.randn(batch, *sample, device=device), torch.randn(batch, *sample, device=device)
     fastsn_kind = ("r1", "r2") if kind == "r1+r2" else kind

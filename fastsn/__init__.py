@@ -12,6 +12,7 @@ from fastsn import ops, nn
 from fastsn.nn.utils.convert import convert_spectral_norm, spectral_norms
 from fastsn.nn.utils.grouped import grouped_spectral_norm
 from fastsn.nn.gradient_penalty import gradient_penalty
+from fastsn.nn.leaky_relu import convert_leaky_relu
 from fastsn.nn.utils.parametrizations import spectral_norm
 
 __version__ = (_extension.BUILD or {}).get("version", "0+unbuilt")
@@ -24,5 +25,6 @@ def show_config() -> dict:
     return _show_config()
 
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "convert_spectral_norm", "gradient_penalty",
-           "grouped_spectral_norm", "nn", "ops", "show_config", "spectral_norm", "spectral_norms", "use_backend"]
+__all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "convert_leaky_relu", "convert_spectral_norm",
+           "gradient_penalty", "grouped_spectral_norm", "nn", "ops", "show_config", "spectral_norm", "spectral_norms",
+           "use_backend"]

@@ -122,6 +122,51 @@ def test_registered_autograd_matches_eager_function(backend, device):
         torch.testing.assert_close(registered, eager)
 
 
+class _Probe(torch.autograd.Function):
+    """Identity that records the gradient it receives (None when absent: grads are not materialized)."""
+    seen: list = []
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.set_materialize_grads(False)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        _Probe.seen.append(grad)
+        return grad
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["eager", "registered"])
+@pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
+def test_penalty_second_backward_sends_nothing_below_the_activation(backend, device, registered):
+    """The second backward of a gradient penalty reaches the activation's forward node only through its saved
+    output, which gets no gradient: nothing (not zeros, which would run every layer below) flows to its input."""
+    op = getattr(torch.ops.fastsn, "bias_leaky_relu" + ("_triton" if backend == "triton" else ""))
+    weight = torch.randn(3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(5, 4, dtype=torch.float64, device=device, requires_grad=True)
+    pre = _Probe.apply(x @ weight.t())
+    y = op(pre, bias, 1, 0.2, 1.0) if registered else blr.bias_leaky_relu(pre, bias, 0.2, 1.0, backend=backend)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    _Probe.seen.clear()
+    g.square().sum().backward()
+    assert _Probe.seen in ([], [None])
+    mask = torch.where(x.detach() @ weight.detach().t() + bias.detach() > 0, 1.0, 0.2).double()
+    torch.testing.assert_close(weight.grad, 2 * mask.t() @ (mask @ weight.detach()))  # d/dW sum((mask W)^2)
+    torch.testing.assert_close(bias.grad, torch.zeros_like(bias))  # defined, as torch leaves it
+    torch.testing.assert_close(x.grad, torch.zeros_like(x))  # a leaf below: zeros, as torch leaves it
+    # autograd.grad accumulates into no leaf: nothing is filled in
+    for leaf in (weight, bias, x):
+        leaf.grad = None
+    pre = x @ weight.t()
+    y = op(pre, bias, 1, 0.2, 1.0) if registered else blr.bias_leaky_relu(pre, bias, 0.2, 1.0, backend=backend)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    (weight_grad,) = torch.autograd.grad(g.square().sum(), weight)
+    torch.testing.assert_close(weight_grad, 2 * mask.t() @ (mask @ weight.detach()))
+    assert weight.grad is None and bias.grad is None and x.grad is None
+
+
 @pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_opcheck(backend, device):
     """Schemas, fake kernels, autograd registrations and AOT dispatch agree."""
@@ -143,16 +188,19 @@ BAD_ARGS = [
     (lambda d: dict(bias=torch.ones(4, dtype=torch.float64, device=d)), "must have the dtype of 'x'"),
     (lambda d: dict(dim=2), "argument 'dim' must be in"),
     (lambda d: dict(gain=0.0), "argument 'gain' must be positive"),
+    # a negative slope makes y > 0 where x + bias < 0: the mask read from y would give wrong gradients
+    (lambda d: dict(negative_slope=-0.1), "argument 'negative_slope' must be non-negative"),
 ]
 
 
 @pytest.mark.parametrize("bad, message", BAD_ARGS, ids=[m.split("'")[1] + str(i) for i, (_, m) in enumerate(BAD_ARGS)])
 def test_bad_input_names_the_argument(backend_device, bad, message):
     backend, device = backend_device
-    args = dict(x=torch.randn(3, 4, device=device), bias=torch.zeros(4, device=device), dim=1, gain=1.0)
+    args = dict(x=torch.randn(3, 4, device=device), bias=torch.zeros(4, device=device), dim=1, gain=1.0,
+                negative_slope=0.2)
     args.update(bad(device))
     with pytest.raises(RuntimeError, match=message):
-        blr.bias_leaky_relu(args["x"], args["bias"], 0.2, args["gain"], args["dim"], backend=backend)
+        blr.bias_leaky_relu(args["x"], args["bias"], args["negative_slope"], args["gain"], args["dim"], backend=backend)
 
 
 @pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
@@ -166,6 +214,11 @@ def test_kernels_check_their_own_arguments(backend, device):
     with pytest.raises(RuntimeError, match="argument 'gain' must be positive"):
         getattr(torch.ops.fastsn, "bias_leaky_relu_backward" + suffix)(
             torch.randn(3, device=device), torch.randn(3, device=device), 0.2, -1.0)
+    with pytest.raises(RuntimeError, match="argument 'negative_slope' must be non-negative"):
+        op(torch.randn(3, 4, device=device), None, 1, -0.2, 1.0)
+    with pytest.raises(RuntimeError, match="argument 'negative_slope' must be non-negative"):
+        getattr(torch.ops.fastsn, "bias_leaky_relu_backward" + suffix)(
+            torch.randn(3, device=device), torch.randn(3, device=device), -0.2, 1.0)
 
 
 def test_module_matches_stylegan2_formula_and_state_dict(backend_device):
@@ -190,6 +243,7 @@ def test_gradient_penalty_through_fused_leaky_relu_matches_plain_ops(backend_dev
 
     def discriminator(act):
         torch.manual_seed(0)
+        # the conv's bias under the activation gets zeros from the penalty, as with torch (None would differ)
         return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, 1, 1), act(), torch.nn.Flatten(),
                                    torch.nn.Linear(4 * 6 * 6, 1)).to(device)
 

@@ -46,7 +46,7 @@ def _bias_leaky_relu_backward_kernel(grad_ptr, y_ptr, dx_ptr, n, params_ptr, ACC
 def bias_leaky_relu_triton(x: torch.Tensor, bias: Optional[torch.Tensor], dim: int, negative_slope: float,
                            gain: float) -> torch.Tensor:
     """Triton implementation of :func:`fastsn.ops.bias_leaky_relu.bias_leaky_relu`: y, x's shape, contiguous."""
-    dim = check_bias_leaky_relu_args(x, bias, dim, gain, op="fastsn::bias_leaky_relu_triton")
+    dim = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain, op="fastsn::bias_leaky_relu_triton")
     xc = x.contiguous()
     y = torch.empty_like(xc, memory_format=torch.contiguous_format)
     n = xc.numel()
@@ -69,7 +69,7 @@ def bias_leaky_relu_backward_triton(grad: torch.Tensor, y: torch.Tensor, negativ
                                     gain: float) -> torch.Tensor:
     """Triton implementation of the backward: grad * gain * (y > 0 ? 1 : negative_slope), contiguous."""
     op = "fastsn::bias_leaky_relu_backward_triton"
-    check_bias_leaky_relu_args(grad, None, 0, gain, op=op)
+    check_bias_leaky_relu_args(grad, None, 0, negative_slope, gain, op=op, name="grad")
     if grad.shape != y.shape or grad.dtype != y.dtype or grad.device != y.device:
         raise RuntimeError(f"{op}(): arguments 'grad' and 'y' must have one shape, dtype and device, got "
                            f"{tuple(grad.shape)} {grad.dtype} {grad.device} and {tuple(y.shape)} {y.dtype} {y.device}")

@@ -15,11 +15,18 @@ struct BiasLeakyReluShape {
   int64_t inner = 1;
 };
 
+// negative_slope >= 0 and gain > 0: the gradient reads the mask from y, and y > 0 must mean x + bias > 0.
+inline void check_slope_and_gain(const char* op, double negative_slope, double gain) {
+  TORCH_CHECK(negative_slope >= 0, op, "(): argument 'negative_slope' must be non-negative (the gradient reads the "
+              "mask from y), got ", negative_slope);
+  TORCH_CHECK(gain > 0, op, "(): argument 'gain' must be positive, got ", gain);
+}
+
 inline BiasLeakyReluShape check_bias_leaky_relu_args(const at::Tensor& x, const c10::optional<at::Tensor>& bias,
-                                                     int64_t dim, double gain) {
+                                                     int64_t dim, double negative_slope, double gain) {
   const char* op = "fastsn::bias_leaky_relu";
   check_floating(x, op, "x");
-  TORCH_CHECK(gain > 0, op, "(): argument 'gain' must be positive, got ", gain);
+  check_slope_and_gain(op, negative_slope, gain);
   BiasLeakyReluShape s;
   if (!bias.has_value()) return s;
   const at::Tensor& b = *bias;
@@ -35,10 +42,11 @@ inline BiasLeakyReluShape check_bias_leaky_relu_args(const at::Tensor& x, const 
   return s;
 }
 
-inline void check_bias_leaky_relu_backward_args(const at::Tensor& grad, const at::Tensor& y, double gain) {
+inline void check_bias_leaky_relu_backward_args(const at::Tensor& grad, const at::Tensor& y, double negative_slope,
+                                                double gain) {
   const char* op = "fastsn::bias_leaky_relu_backward";
   check_floating(grad, op, "grad");
-  TORCH_CHECK(gain > 0, op, "(): argument 'gain' must be positive, got ", gain);
+  check_slope_and_gain(op, negative_slope, gain);
   TORCH_CHECK(grad.sizes() == y.sizes(), op, "(): arguments 'grad' and 'y' must have one shape, got ", grad.sizes(),
               " and ", y.sizes());
   TORCH_CHECK(grad.scalar_type() == y.scalar_type(), op, "(): arguments 'grad' and 'y' must have one dtype, got ",

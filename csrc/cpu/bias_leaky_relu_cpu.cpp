@@ -20,7 +20,7 @@ constexpr int64_t kGrainSize = 32768;  // elements per task: below this, threadi
 at::Tensor bias_leaky_relu_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& bias, int64_t dim,
                                double negative_slope, double gain) {
   check_device(x, c10::DeviceType::CPU, "fastsn::bias_leaky_relu", "x");
-  const BiasLeakyReluShape s = check_bias_leaky_relu_args(x, bias, dim, gain);
+  const BiasLeakyReluShape s = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain);
   const at::Tensor xc = x.contiguous();
   const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty_like(xc, at::MemoryFormat::Contiguous);
@@ -74,7 +74,7 @@ at::Tensor bias_leaky_relu_cpu(const at::Tensor& x, const c10::optional<at::Tens
 at::Tensor bias_leaky_relu_backward_cpu(const at::Tensor& grad, const at::Tensor& y, double negative_slope,
                                         double gain) {
   check_device(grad, c10::DeviceType::CPU, "fastsn::bias_leaky_relu_backward", "grad");
-  check_bias_leaky_relu_backward_args(grad, y, gain);
+  check_bias_leaky_relu_backward_args(grad, y, negative_slope, gain);
   const at::Tensor gc = grad.contiguous(), yc = y.contiguous();
   at::Tensor dx = at::empty_like(gc, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gc.scalar_type(), "bias_leaky_relu_backward_cpu", [&] {

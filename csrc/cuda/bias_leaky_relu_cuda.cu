@@ -48,7 +48,7 @@ bias_leaky_relu_backward_kernel(const scalar_t* __restrict__ grad, const scalar_
 at::Tensor bias_leaky_relu_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& bias, int64_t dim,
                                 double negative_slope, double gain) {
   check_device(x, c10::DeviceType::CUDA, "fastsn::bias_leaky_relu", "x");
-  const BiasLeakyReluShape s = check_bias_leaky_relu_args(x, bias, dim, gain);
+  const BiasLeakyReluShape s = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
   const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
@@ -79,7 +79,7 @@ at::Tensor bias_leaky_relu_cuda(const at::Tensor& x, const c10::optional<at::Ten
 at::Tensor bias_leaky_relu_backward_cuda(const at::Tensor& grad, const at::Tensor& y, double negative_slope,
                                          double gain) {
   check_device(grad, c10::DeviceType::CUDA, "fastsn::bias_leaky_relu_backward", "grad");
-  check_bias_leaky_relu_backward_args(grad, y, gain);
+  check_bias_leaky_relu_backward_args(grad, y, negative_slope, gain);
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor gc = grad.contiguous(), yc = y.contiguous();
   at::Tensor dx = at::empty_like(gc, at::MemoryFormat::Contiguous);

@@ -17,7 +17,7 @@ class FusedLeakyReLU(torch.nn.Module):
 
     Args:
         channels: C, the size of dim 1 of the input (N, C, ...).
-        negative_slope: the slope where x + bias <= 0.
+        negative_slope: the slope where x + bias <= 0; non-negative.
         bias: whether to learn a per-channel bias.
         scale: the gain after the activation (sqrt(2) keeps the second moment of a leaky ReLU near 1).
     """
@@ -27,6 +27,9 @@ class FusedLeakyReLU(torch.nn.Module):
         super().__init__()
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"FusedLeakyReLU(): argument 'channels' must be a positive int, got {channels!r}")
+        if not negative_slope >= 0:
+            raise ValueError(f"FusedLeakyReLU(): argument 'negative_slope' must be non-negative (the gradient reads "
+                             f"the mask from the output), got {negative_slope!r}")
         if not scale > 0:
             raise ValueError(f"FusedLeakyReLU(): argument 'scale' must be positive, got {scale!r}")
         self.channels, self.negative_slope, self.scale = channels, negative_slope, scale

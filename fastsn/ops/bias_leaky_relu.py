@@ -16,17 +16,26 @@ import torch.nn.functional as F
 from fastsn import _backend, _extension
 from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
 from fastsn.ops._eager import below_autograd, eager_autograd
+from fastsn.ops._zero_fill import zero_fill_leaves_below
 
 OP = "fastsn::bias_leaky_relu"
 
 
-def check_bias_leaky_relu_args(x: torch.Tensor, bias: Optional[torch.Tensor], dim: int, gain: float,
-                               op: str = OP) -> int:
-    """The checks of the C++ kernels (same messages); returns ``dim`` made non-negative."""
-    check_tensor(x, op, "x")
-    check_floating(x, op, "x")
+def check_slope_and_gain(negative_slope: float, gain: float, op: str = OP) -> None:
+    """negative_slope >= 0 and gain > 0: the gradient reads the mask from y, so y > 0 must mean x + bias > 0."""
+    if not negative_slope >= 0:
+        raise RuntimeError(f"{op}(): argument 'negative_slope' must be non-negative (the gradient reads the mask "
+                           f"from y), got {negative_slope}")
     if not gain > 0:
         raise RuntimeError(f"{op}(): argument 'gain' must be positive, got {gain}")
+
+
+def check_bias_leaky_relu_args(x: torch.Tensor, bias: Optional[torch.Tensor], dim: int, negative_slope: float,
+                               gain: float, op: str = OP, name: str = "x") -> int:
+    """The checks of the C++ kernels (same messages); returns ``dim`` made non-negative."""
+    check_tensor(x, op, name)
+    check_floating(x, op, name)
+    check_slope_and_gain(negative_slope, gain, op)
     if bias is None:
         return dim
     check_tensor(bias, op, "bias")
@@ -50,12 +59,12 @@ def bias_leaky_relu_ref(x: torch.Tensor, bias: Optional[torch.Tensor] = None, ne
     """Pure-PyTorch reference of :func:`bias_leaky_relu` (differentiable to any order by autograd).
 
     Args:
-        x: any shape; bias: (x.shape[dim],) or None; negative_slope: slope for x + bias <= 0; gain: > 0.
+        x: any shape; bias: (x.shape[dim],) or None; negative_slope: >= 0, the slope for x + bias <= 0; gain: > 0.
 
     Returns:
         y, x's shape and dtype (computed in float32 for float16/bfloat16).
     """
-    dim = check_bias_leaky_relu_args(x, bias, dim, gain)
+    dim = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain)
     opmath = opmath_dtype(x.dtype)
     v = x.to(opmath)
     if bias is not None:
@@ -89,7 +98,8 @@ def bias_leaky_relu(x: torch.Tensor, bias: Optional[torch.Tensor] = None, negati
     Args:
         x: (..., C at ``dim``, ...), float16/bfloat16/float32/float64, any strides, CPU or CUDA.
         bias: (C,) of x's dtype and device, or None.
-        negative_slope: the slope where x + bias <= 0 (torch's leaky_relu convention at 0).
+        negative_slope: the slope where x + bias <= 0 (torch's leaky_relu convention at 0); non-negative, since the
+            gradient reads the mask from y.
         gain: a positive scale applied after the activation (StyleGAN2 uses sqrt(2)).
         dim: the dimension ``bias`` runs along (negative counts from the end).
         backend: as :func:`fastsn.ops.build_info`.
@@ -97,7 +107,7 @@ def bias_leaky_relu(x: torch.Tensor, bias: Optional[torch.Tensor] = None, negati
     Returns:
         y, x's shape and dtype, contiguous; differentiable in x and bias, to any order.
     """
-    dim = check_bias_leaky_relu_args(x, bias, dim, gain)
+    dim = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain)
     name = _backend.resolve("bias_leaky_relu", x.device, backend)
     if name == "ref":
         return bias_leaky_relu_ref(x, bias, negative_slope, gain, dim)
@@ -111,7 +121,7 @@ def bias_leaky_relu(x: torch.Tensor, bias: Optional[torch.Tensor] = None, negati
 # ---------------------------------------------------------------------------------------------------------------
 
 def _forward_fake(x, bias, dim, negative_slope, gain):
-    check_bias_leaky_relu_args(x, bias, dim, gain)
+    check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -122,6 +132,9 @@ def _backward_fake(grad, y, negative_slope, gain):
 def _forward_setup_context(ctx, inputs, output):
     x, bias, dim, negative_slope, gain = inputs
     ctx.save_for_backward(output)
+    # An absent gradient stays None instead of becoming zeros, which would run every layer below (see
+    # fastsn/ops/_zero_fill.py): a gradient penalty's second backward reaches here only through the saved y.
+    ctx.set_materialize_grads(False)
     ctx.dim, ctx.negative_slope, ctx.gain, ctx.has_bias = dim, negative_slope, gain, bias is not None
 
 
@@ -133,7 +146,12 @@ def _backward_call(grad: torch.Tensor, y: torch.Tensor, negative_slope: float, g
     return getattr(torch.ops.fastsn, "bias_leaky_relu_backward" + suffix)(grad, y, negative_slope, gain)
 
 
-def _forward_grads(ctx, grad: torch.Tensor, suffix: str):
+def _forward_grads(ctx, grad: Optional[torch.Tensor], suffix: str):
+    if grad is None:  # a gradient penalty's second backward: y gets no gradient, nothing goes below
+        zero_fill_leaves_below(ctx)  # the leaves below end with zeros, as torch leaves them
+        (y,) = ctx.saved_tensors
+        zero_bias = y.new_zeros(y.shape[ctx.dim]) if ctx.has_bias and ctx.needs_input_grad[1] else None
+        return None, zero_bias
     (y,) = ctx.saved_tensors
     dx = _backward_call(grad, y, ctx.negative_slope, ctx.gain, suffix)
     dbias = None
@@ -152,9 +170,12 @@ def _backward_setup_context(ctx, inputs, output):
     grad, y, negative_slope, gain = inputs
     ctx.save_for_backward(y)
     ctx.negative_slope, ctx.gain = negative_slope, gain
+    ctx.set_materialize_grads(False)
 
 
-def _backward_grad(ctx, grad_of_dx: torch.Tensor, suffix: str) -> torch.Tensor:
+def _backward_grad(ctx, grad_of_dx: Optional[torch.Tensor], suffix: str) -> Optional[torch.Tensor]:
+    if grad_of_dx is None:
+        return None
     (y,) = ctx.saved_tensors
     # dx is linear in grad with the same mask; the mask does not change with y almost everywhere
     return _backward_call(grad_of_dx, y, ctx.negative_slope, ctx.gain, suffix)

@@ -1,0 +1,56 @@
+"""Zero gradients for the leaves below a backward that sends nothing down, as torch would leave them.
+
+A gradient penalty's second backward reaches an activation's forward node only through its saved output, whose
+gradient is zero almost everywhere (the mask is piecewise constant). torch's own activations send that zero as a
+tensor, and every layer below runs its backward on it (a conv backward of zeros per layer: a third of a DCGAN
+penalty step on CPU); fastsn's activation sends nothing. The parameters below then end the pass with ``.grad``
+None where torch leaves zeros, and an optimizer steps a zero gradient (momentum, weight decay) where it skips None.
+So the leaves that the pass would have reached get zeros at its end, where nothing else gave them a gradient.
+"""
+from __future__ import annotations
+
+import torch
+
+# per running backward pass (graph task id): the autograd nodes walked, the leaves to fill at its end
+_tasks: dict[int, tuple[set, list]] = {}
+
+
+def _accumulates_into(node) -> bool:
+    """Whether the running backward pass accumulates into the leaf of this AccumulateGrad node."""
+    try:
+        return torch._C._will_engine_execute_node(node)
+    except RuntimeError:  # raised for leaves under autograd.grad(), which accumulates into none
+        return False
+
+
+def _fill_leaves(task: int) -> None:
+    for leaf in _tasks.pop(task)[1]:
+        if leaf.grad is None:
+            leaf.grad = torch.zeros_like(leaf)
+
+
+def zero_fill_leaves_below(node, edge: int = 0) -> None:
+    """At the end of the running backward pass, give a zero ``.grad`` to each leaf reachable from input ``edge``
+    of ``node`` (an autograd node: a custom Function's ``ctx``) that is still without one.
+
+    Args:
+        node: the node whose backward returns no gradient for that input.
+        edge: the index of that input among the node's ``next_functions``.
+    """
+    task = torch._C._current_graph_task_id()
+    if task not in _tasks:
+        _tasks[task] = (set(), [])
+        torch.autograd.Variable._execution_engine.queue_callback(lambda: _fill_leaves(task))
+    walked, leaves = _tasks[task]
+    stack = [following for following, _ in node.next_functions[edge:edge + 1] if following is not None]
+    while stack:
+        following = stack.pop()
+        if following in walked:
+            continue
+        walked.add(following)
+        leaf = getattr(following, "variable", None)  # an AccumulateGrad node
+        if leaf is not None:
+            if _accumulates_into(following):
+                leaves.append(leaf)
+        else:
+            stack.extend(below for below, _ in following.next_functions if below is not None)

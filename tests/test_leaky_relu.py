@@ -1,0 +1,78 @@
+"""fastsn.nn.LeakyReLU and fastsn.convert_leaky_relu: torch.nn.LeakyReLU's drop-in on fastsn's fused activation
+(op family bias_leaky_relu): the same outputs, gradients and penalty gradients as torch's, every parameter's
+.grad included; torch's own op where the fused one cannot keep torch's semantics."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import fastsn
+
+OP = "bias_leaky_relu"
+
+
+def _discriminator(device: str, inplace: bool = False) -> torch.nn.Sequential:
+    """A small conv D with biases everywhere and nested containers."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, 2, 1), torch.nn.LeakyReLU(0.2, inplace=inplace),
+        torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, 2, 1), torch.nn.LeakyReLU(0.1, inplace=inplace)),
+        torch.nn.Flatten(), torch.nn.Linear(6 * 2 * 2, 1)).to(device=device, dtype=torch.float64)
+
+
+def test_module_is_torch_leaky_relu(backend_device):
+    backend, device = backend_device
+    ours, theirs = fastsn.nn.LeakyReLU(0.3), torch.nn.LeakyReLU(0.3)
+    assert isinstance(ours, torch.nn.LeakyReLU) and repr(ours) == repr(theirs) and not ours.state_dict()
+    x = torch.randn(4, 5, 3, device=device, dtype=torch.float64, requires_grad=True)
+    with fastsn.use_backend(backend):
+        y = ours(x)
+        (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.sum(), x)
+    y_ref = theirs(x)
+    (g_ref,) = torch.autograd.grad(y_ref.square().sum(), x, create_graph=True)
+    (gg_ref,) = torch.autograd.grad(g_ref.sum(), x)
+    for got, want in ((y, y_ref), (g, g_ref), (gg, gg_ref)):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["outofplace", "inplace"])
+@pytest.mark.parametrize("kind", ["wgan-gp", ("r1", "r2")], ids=["wgan-gp", "r1+r2"])
+def test_converted_d_gives_torch_penalty_and_every_grad(backend_device, kind, inplace):
+    """The penalty and every parameter's .grad (zeros, not None, where torch leaves zeros) match the unconverted
+    D; in-place activations become out of place with the same output."""
+    backend, device = backend_device
+    reference = _discriminator(device, inplace)
+    converted = fastsn.convert_leaky_relu(copy.deepcopy(reference))
+    assert [type(m) for m in converted.modules()].count(fastsn.nn.LeakyReLU) == 2
+    assert not any(type(m) is torch.nn.LeakyReLU for m in converted.modules())
+    assert converted.state_dict().keys() == reference.state_dict().keys()
+    real = torch.randn(5, 3, 8, 8, device=device, dtype=torch.float64)
+    fake = torch.randn(5, 3, 8, 8, device=device, dtype=torch.float64)
+    penalties = []
+    for model in (reference, converted):
+        with fastsn.use_backend(backend):
+            penalty = fastsn.gradient_penalty(model, real, fake, kind=kind,
+                                              generator=torch.Generator(device).manual_seed(1))
+        penalty.backward()
+        penalties.append(penalty.detach())
+    torch.testing.assert_close(penalties[1], penalties[0])
+    for (name, want), got in zip(reference.named_parameters(), converted.parameters()):
+        assert (got.grad is None) == (want.grad is None), name
+        if want.grad is not None:
+            torch.testing.assert_close(got.grad, want.grad, msg=name)
+
+
+def test_convert_root_and_fallbacks():
+    converted = fastsn.convert_leaky_relu(torch.nn.LeakyReLU(0.2, inplace=True))
+    assert type(converted) is fastsn.nn.LeakyReLU and converted.negative_slope == 0.2 and not converted.inplace
+    # a negative slope and inplace=True run torch's op, with torch's semantics
+    x = torch.randn(6, dtype=torch.float64)
+    torch.testing.assert_close(fastsn.nn.LeakyReLU(-0.5)(x), torch.nn.functional.leaky_relu(x, -0.5))
+    y = x.clone()
+    assert fastsn.nn.LeakyReLU(0.2, inplace=True)(y) is y
+    torch.testing.assert_close(y, torch.nn.functional.leaky_relu(x, 0.2))
+    subclass = type("MyLeakyReLU", (torch.nn.LeakyReLU,), {})()
+    assert fastsn.convert_leaky_relu(torch.nn.Sequential(subclass))[0] is subclass

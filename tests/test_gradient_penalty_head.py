@@ -81,6 +81,25 @@ def test_opcheck(backend, device):
     torch.library.opcheck(op.default, (torch.randn(3, 5, device=device, requires_grad=True), 0, 2.0, 1.0))
 
 
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
+def test_registered_autograd_matches_eager_function(backend, device, mode):
+    """Eager calls take fastsn's autograd.Function; torch.compile, opcheck and direct torch.ops calls the registered
+    autograd. Both give the same penalty and gradients, to second order."""
+    op = torch.ops.fastsn.gradient_penalty_head_triton if backend == "triton" else torch.ops.fastsn.gradient_penalty_head
+    grad = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    weights = torch.randn(4, 6, dtype=torch.float64, device=device)
+    results = []
+    for registered in (True, False):
+        penalty = op(grad, mode, 2.0, 0.5)[0] if registered else head.gradient_penalty_head(grad, mode, 2.0, 0.5,
+                                                                                            backend=backend)
+        (first,) = torch.autograd.grad(penalty, grad, create_graph=True)
+        (second,) = torch.autograd.grad((first * weights).sum(), grad)
+        results.append([t.detach() for t in (penalty, first, second)])
+    for registered, eager in zip(*results):
+        torch.testing.assert_close(registered, eager)
+
+
 @pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_kernels_check_their_arguments(backend, device):
     _backend.resolve(OP, device, backend)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-# per running backward pass (graph task id): the autograd nodes walked, the leaves to fill at its end
+# per running backward pass (graph task id): the autograd nodes walked, the AccumulateGrad nodes found
 _tasks: dict[int, tuple[set, list]] = {}
 
 
@@ -24,8 +24,10 @@ def _accumulates_into(node) -> bool:
 
 
 def _fill_leaves(task: int) -> None:
-    for leaf in _tasks.pop(task)[1]:
-        if leaf.grad is None:
+    """Runs at the end of the pass (an engine callback, still inside it)."""
+    for node in _tasks.pop(task)[1]:
+        leaf = node.variable
+        if leaf.grad is None and _accumulates_into(node):
             leaf.grad = torch.zeros_like(leaf)
 
 
@@ -41,16 +43,14 @@ def zero_fill_leaves_below(node, edge: int = 0) -> None:
     if task not in _tasks:
         _tasks[task] = (set(), [])
         torch.autograd.Variable._execution_engine.queue_callback(lambda: _fill_leaves(task))
-    walked, leaves = _tasks[task]
+    walked, accumulators = _tasks[task]
     stack = [following for following, _ in node.next_functions[edge:edge + 1] if following is not None]
     while stack:
         following = stack.pop()
         if following in walked:
             continue
         walked.add(following)
-        leaf = getattr(following, "variable", None)  # an AccumulateGrad node
-        if leaf is not None:
-            if _accumulates_into(following):
-                leaves.append(leaf)
+        if hasattr(following, "variable"):  # an AccumulateGrad node: a leaf
+            accumulators.append(following)
         else:
             stack.extend(below for below, _ in following.next_functions if below is not None)

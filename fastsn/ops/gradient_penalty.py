@@ -14,6 +14,7 @@ import torch
 
 from fastsn import _backend, _extension
 from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
+from fastsn.ops._eager import below_autograd, eager_autograd
 
 OP = "fastsn::gradient_penalty_head"
 MODES = {"wgan-gp": 0, "dragan": 0, "wgan-lp": 1, "r1": 2, "r2": 2}
@@ -91,7 +92,10 @@ def gradient_penalty_head(grad: torch.Tensor, mode: int, weight: float, center: 
         check_gradient_penalty_head_args(grad, mode)  # the kernels check their own arguments
         return _penalty_ref(grad, mode, weight, center)
     op = torch.ops.fastsn.gradient_penalty_head_triton if name == "triton" else torch.ops.fastsn.gradient_penalty_head
-    penalty, _ = op(grad, int(mode), float(weight), float(center))
+    if grad.requires_grad and eager_autograd():
+        penalty, _ = _HeadFunction.apply(grad, int(mode), float(weight), float(center), op)
+    else:
+        penalty, _ = op(grad, int(mode), float(weight), float(center))
     return penalty
 
 
@@ -117,6 +121,19 @@ def _head_backward(ctx, grad_penalty, _grad_d_grad):
     if torch.is_grad_enabled():  # create_graph=True: this backward must be differentiable in grad
         d_grad = _d_grad_ref(grad, ctx.mode, ctx.weight, ctx.center)
     return (grad_penalty * d_grad).to(grad.dtype), None, None, None
+
+
+# The eager twin of the registered autograd below (see fastsn/ops/_eager.py).
+class _HeadFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad, mode, weight, center, op):
+        output = below_autograd(op, grad, mode, weight, center)
+        _head_setup_context(ctx, (grad, mode, weight, center), output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_penalty, grad_d_grad):
+        return (*_head_backward(ctx, grad_penalty, grad_d_grad), None)
 
 
 for _name in ("gradient_penalty_head", "gradient_penalty_head_triton"):

@@ -1,0 +1,71 @@
+"""The whole penalty step of bench_gradient_penalty.py, timed with the providers interleaved (round-robin in one
+process), for machines too noisy for pytest-benchmark's one-provider-after-another runs: a slow spell then hits
+every provider alike.
+
+    python benchmarks/interleaved_penalty_step.py [--threads N] [--rounds R] [--case mlp-2d dcgan64]
+
+Prints, per case and kind, each provider's median wall time per step over the rounds and its ratio to "torch".
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+import conftest  # noqa: F401  (the benchmarks' malloc thresholds)
+import fastsn
+from bench_gradient_penalty import CASES, PROVIDERS, fuse_activations, torch_penalty
+
+
+def _models(case: str) -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    base = CASES[case][0]()
+    return {"torch": base, "fastsn": base, "fastsn-fused-d": fuse_activations(base),
+            "fastsn-converted-d": fastsn.convert_leaky_relu(copy.deepcopy(base))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--case", nargs="+", default=["mlp-2d", "dcgan64"], choices=[c for c in CASES])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for case in args.case:
+        models = _models(case)
+        _, sample, batches = CASES[case]
+        real, fake = torch.randn(batches["cpu"], *sample), torch.randn(batches["cpu"], *sample)
+        for kind in ("wgan-gp", "r1+r2"):
+            def step(provider: str) -> None:
+                model = models[provider]
+                model.zero_grad(set_to_none=True)
+                if provider == "torch":
+                    penalty = torch_penalty(model, real, fake, kind)
+                else:
+                    penalty = fastsn.gradient_penalty(model, real, fake,
+                                                      kind=("r1", "r2") if kind == "r1+r2" else kind)
+                penalty.backward()
+
+            start = time.perf_counter()
+            step("torch")
+            repeats = max(1, int(0.2 / (time.perf_counter() - start)))  # about 0.2 s per provider and round
+            times: dict[str, list[float]] = {p: [] for p in PROVIDERS}
+            for provider in PROVIDERS:
+                step(provider)  # warm-up
+            for _ in range(args.rounds):
+                for provider in PROVIDERS:
+                    start = time.perf_counter()
+                    for _ in range(repeats):
+                        step(provider)
+                    times[provider].append((time.perf_counter() - start) / repeats)
+            medians = {p: statistics.median(t) for p, t in times.items()}
+            print(f"{case} {kind} ({args.threads} threads, {args.rounds} rounds of {repeats}): " + ", ".join(
+                f"{p} {medians[p] * 1e3:.3g} ms ({medians['torch'] / medians[p]:.2f}x)" for p in PROVIDERS),
+                flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -167,6 +167,37 @@ def test_penalty_second_backward_sends_nothing_below_the_activation(backend, dev
     assert weight.grad is None and bias.grad is None and x.grad is None
 
 
+class _NoGradient(torch.autograd.Function):
+    """Sums its input, and sends it no gradient (None)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None
+
+
+@pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
+def test_no_gradient_fills_nothing_below(backend, device):
+    """Only a penalty's pruned zero is filled in below: when y simply gets no gradient, the leaves below stay
+    without one, as with torch's leaky_relu. A y made elsewhere may reach the backward op too."""
+    weight = torch.randn(3, 4, device=device, requires_grad=True)
+    other = torch.randn(2, device=device, requires_grad=True)
+    for activation in (lambda t: blr.bias_leaky_relu(t, None, 0.2, backend=backend), lambda t: F.leaky_relu(t, 0.2)):
+        weight.grad = None
+        y = activation(torch.randn(5, 4, device=device) @ weight.t())
+        (_NoGradient.apply(y) + other.sum()).backward()
+        assert weight.grad is None
+    op = getattr(torch.ops.fastsn, "bias_leaky_relu_backward" + ("_triton" if backend == "triton" else ""))
+    y = torch.randn(5, device=device, requires_grad=True) * 2  # y's node is torch's MulBackward0
+    grad = torch.randn(5, device=device, requires_grad=True)
+    (second,) = torch.autograd.grad(blr._backward_call(grad, y, 0.2, 1.0, "_triton" if backend == "triton" else "")
+                                    .sum(), grad)
+    torch.testing.assert_close(second, op(torch.ones_like(grad), y.detach(), 0.2, 1.0))
+
+
 @pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_opcheck(backend, device):
     """Schemas, fake kernels, autograd registrations and AOT dispatch agree."""

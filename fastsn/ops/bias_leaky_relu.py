@@ -147,8 +147,12 @@ def _backward_call(grad: torch.Tensor, y: torch.Tensor, negative_slope: float, g
 
 
 def _forward_grads(ctx, grad: Optional[torch.Tensor], suffix: str):
-    if grad is None:  # a gradient penalty's second backward: y gets no gradient, nothing goes below
-        zero_fill_leaves_below(ctx)  # the leaves below end with zeros, as torch leaves them
+    if grad is None:
+        if getattr(ctx, "y_pruned_in", None) != torch._C._current_graph_task_id():
+            return None, None  # no gradient came: torch's activation sends nothing down either
+        # a gradient penalty's second backward, where torch's activation would send zeros down through y: the
+        # leaves below end the pass with zeros, as torch leaves them, without a backward of each layer
+        zero_fill_leaves_below(ctx)
         (y,) = ctx.saved_tensors
         zero_bias = y.new_zeros(y.shape[ctx.dim]) if ctx.has_bias and ctx.needs_input_grad[1] else None
         return None, zero_bias
@@ -177,6 +181,10 @@ def _backward_grad(ctx, grad_of_dx: Optional[torch.Tensor], suffix: str) -> Opti
     if grad_of_dx is None:
         return None
     (y,) = ctx.saved_tensors
+    if isinstance(y.grad_fn, torch.autograd.function.BackwardCFunction):
+        # the forward's node (y from elsewhere has another node, or none): told that y's zero gradient was not
+        # sent, see _forward_grads
+        y.grad_fn.y_pruned_in = torch._C._current_graph_task_id()
     # dx is linear in grad with the same mask; the mask does not change with y almost everywhere
     return _backward_call(grad_of_dx, y, ctx.negative_slope, ctx.gain, suffix)
 

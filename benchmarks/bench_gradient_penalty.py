@@ -78,6 +78,31 @@ def torch_penalty(discriminator, real, fake, kind):
     return 10.0 / 2 * norm.square().mean() if kind in ("r1", "r2") else 10.0 * (norm - 1).square().mean()
 
 
+def provider_model(model: torch.nn.Module, provider: str) -> torch.nn.Module:
+    """The discriminator a provider runs: ``model`` itself, or a changed copy (fused or converted activations)."""
+    if provider == "fastsn-fused-d":
+        return fuse_activations(model)
+    if provider == "fastsn-converted-d":
+        return fastsn.convert_leaky_relu(copy.deepcopy(model))
+    return model
+
+
+def penalty_step(model: torch.nn.Module, provider: str, real: torch.Tensor, fake: torch.Tensor, kind: str
+                 ) -> torch.Tensor:
+    """One whole penalty step of ``provider`` (kind "wgan-gp" or "r1+r2"): zero D's grads, penalty, backward.
+
+    Returns:
+        The penalty, detached (a scalar).
+    """
+    model.zero_grad(set_to_none=True)
+    if provider == "torch":
+        penalty = torch_penalty(model, real, fake, kind)
+    else:
+        penalty = fastsn.gradient_penalty(model, real, fake, kind=("r1", "r2") if kind == "r1+r2" else kind)
+    penalty.backward()
+    return penalty.detach()
+
+
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("kind", ["wgan-gp", "r1+r2"])
 def test_penalty_step(benchmark, provider, device, case, kind):
@@ -85,23 +110,12 @@ def test_penalty_step(benchmark, provider, device, case, kind):
     if device not in batches:
         pytest.skip(f"{case} runs on {sorted(batches)} only")
     torch.manual_seed(0)
-    model = factory().to(device)
-    if provider == "fastsn-fused-d":
-        model = fuse_activations(model)
-    elif provider == "fastsn-converted-d":
-        model = fastsn.convert_leaky_relu(model)
+    model = provider_model(factory().to(device), provider)
     batch = batches[device]
     real, fake = torch.randn(batch, *sample, device=device), torch.randn(batch, *sample, device=device)
-    fastsn_kind = ("r1", "r2") if kind == "r1+r2" else kind
 
     def step() -> torch.Tensor:
-        model.zero_grad(set_to_none=True)
-        if provider == "torch":
-            penalty = torch_penalty(model, real, fake, kind)
-        else:
-            penalty = fastsn.gradient_penalty(model, real, fake, kind=fastsn_kind)
-        penalty.backward()
-        return penalty.detach()
+        return penalty_step(model, provider, real, fake, kind)
 
     timed = synchronized(step, device)
     timed()  # warm-up

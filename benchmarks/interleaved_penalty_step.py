@@ -9,22 +9,13 @@ Prints, per case and kind, each provider's median wall time per step over the ro
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
 import torch
 
 import conftest  # noqa: F401  (the benchmarks' malloc thresholds)
-import fastsn
-from bench_gradient_penalty import CASES, PROVIDERS, fuse_activations, torch_penalty
-
-
-def _models(case: str) -> dict[str, torch.nn.Module]:
-    torch.manual_seed(0)
-    base = CASES[case][0]()
-    return {"torch": base, "fastsn": base, "fastsn-fused-d": fuse_activations(base),
-            "fastsn-converted-d": fastsn.convert_leaky_relu(copy.deepcopy(base))}
+from bench_gradient_penalty import CASES, PROVIDERS, penalty_step, provider_model
 
 
 def main() -> None:
@@ -35,19 +26,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for case in args.case:
-        models = _models(case)
-        _, sample, batches = CASES[case]
+        factory, sample, batches = CASES[case]
+        torch.manual_seed(0)
+        base = factory()
+        models = {provider: provider_model(base, provider) for provider in PROVIDERS}
         real, fake = torch.randn(batches["cpu"], *sample), torch.randn(batches["cpu"], *sample)
         for kind in ("wgan-gp", "r1+r2"):
             def step(provider: str) -> None:
-                model = models[provider]
-                model.zero_grad(set_to_none=True)
-                if provider == "torch":
-                    penalty = torch_penalty(model, real, fake, kind)
-                else:
-                    penalty = fastsn.gradient_penalty(model, real, fake,
-                                                      kind=("r1", "r2") if kind == "r1+r2" else kind)
-                penalty.backward()
+                penalty_step(models[provider], provider, real, fake, kind)
 
             start = time.perf_counter()
             step("torch")

@@ -19,16 +19,8 @@ def eager_autograd() -> bool:
 
 
 def below_autograd(op, *args):
-    """``op(*args)`` straight to its kernel, skipping the op's Autograd kernel (inside an ``autograd.Function``,
-    whose own node records the gradient)."""
+    """``op(*args)`` straight to its kernel, skipping the op's Autograd kernel: inside an ``autograd.Function``
+    (whose own node records the gradient), or for a call that records no graph."""
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
 
-
-def call_without_graph(op, *args):
-    """``op(*args)`` for a call that records no graph (grad mode off, or no input requiring grad): in eager mode
-    straight to the kernel, since the op's registered autograd kernel would only pass it on, after about 5 us of
-    Python (a gradient penalty's second backward makes such calls); under torch.compile, the op itself."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    return below_autograd(op, *args)

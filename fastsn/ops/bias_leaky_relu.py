@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from fastsn import _backend, _extension
 from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
-from fastsn.ops._eager import below_autograd, call_without_graph, eager_autograd
+from fastsn.ops._eager import below_autograd
 from fastsn.ops._zero_fill import zero_fill_leaves_below
 
 OP = "fastsn::bias_leaky_relu"
@@ -111,11 +111,12 @@ def bias_leaky_relu(x: torch.Tensor, bias: Optional[torch.Tensor] = None, negati
     name = _backend.resolve("bias_leaky_relu", x.device, backend)
     if name == "ref":
         return bias_leaky_relu_ref(x, bias, negative_slope, gain, dim)
+    args = (x, bias, dim, float(negative_slope), float(gain))
+    if torch.compiler.is_compiling():  # torch.compile traces the registered op and its autograd
+        return _kernel("bias_leaky_relu", name)(*args)
     if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
-        if eager_autograd():
-            return _ForwardFunction.apply(x, bias, dim, float(negative_slope), float(gain), _backend_suffix(name))
-        return _kernel("bias_leaky_relu", name)(x, bias, dim, float(negative_slope), float(gain))
-    return call_without_graph(_kernel("bias_leaky_relu", name), x, bias, dim, float(negative_slope), float(gain))
+        return _ForwardFunction.apply(*args, _backend_suffix(name))
+    return below_autograd(_kernel("bias_leaky_relu", name), *args)  # no graph: straight to the kernel
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,14 +142,15 @@ def _forward_setup_context(ctx, inputs, output):
 
 
 def _backward_call(grad: torch.Tensor, y: torch.Tensor, negative_slope: float, gain: float, suffix: str):
-    """bias_leaky_relu_backward(grad, y): in eager mode through its autograd.Function when it may be differentiated
-    again (create_graph=True), else the op."""
+    """bias_leaky_relu_backward(grad, y). In eager mode: through its autograd.Function when it may be
+    differentiated again (create_graph=True), else straight to the kernel (the registered autograd kernel would
+    only pass the call on, after about 5 us of Python; a penalty's second backward makes one per activation)."""
     op = getattr(torch.ops.fastsn, "bias_leaky_relu_backward" + suffix)
-    if torch.is_grad_enabled() and (grad.requires_grad or y.requires_grad):
-        if eager_autograd():
-            return _BackwardFunction.apply(grad, y, negative_slope, gain, suffix)
+    if torch.compiler.is_compiling():
         return op(grad, y, negative_slope, gain)
-    return call_without_graph(op, grad, y, negative_slope, gain)
+    if torch.is_grad_enabled() and (grad.requires_grad or y.requires_grad):
+        return _BackwardFunction.apply(grad, y, negative_slope, gain, suffix)
+    return below_autograd(op, grad, y, negative_slope, gain)
 
 
 def _forward_grads(ctx, grad: Optional[torch.Tensor], suffix: str):

@@ -11,11 +11,55 @@
 
 #include "common/bias_leaky_relu.h"
 #include "common/checks.h"
+#include "cpu/vectorize.h"
 
 namespace fastsn {
 namespace {
 
 constexpr int64_t kGrainSize = 32768;  // elements per task: below this, threading costs more than it saves
+
+// The hot loops, each compiled for AVX2 as well as the baseline (FASTSN_SIMD_CLONES) and given raw __restrict__
+// pointers: written inline in the parallel_for lambdas (pointers captured by reference, which a store may alias,
+// SSE2 only) they ran at half torch's leaky_relu speed (2M floats: 314 us against 141 us, two threads).
+//
+// leaky_relu(v) * gain, branch-free: max and min pick between v and a constant, which vectorizes (a compare and a
+// blend, or maxps/minps). Forms that select between v and slope * v stay a branch (under -ftrapping-math GCC may
+// not compute a product that the branch skips), and on random signs it mispredicts half the time: 2M floats took
+// 6.2 ms instead of 0.13 ms.
+// Exact: v > 0 gives v, else slope * v (-0 stays -0); NaN stays NaN.
+template <typename acc_t>
+FASTSN_ALWAYS_INLINE acc_t activate(acc_t v, acc_t slope, acc_t gain) {
+  return (std::max(v, acc_t(0)) + slope * std::min(v, acc_t(0))) * gain;
+}
+
+// y[k] = activate(x[k] + b): a run of elements that share one bias value (b = 0 without a bias)
+template <typename scalar_t, typename acc_t>
+FASTSN_SIMD_CLONES void activate_run(const scalar_t* __restrict__ x, acc_t b, acc_t slope, acc_t gain,
+                                     scalar_t* __restrict__ y, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) y[k] = static_cast<scalar_t>(activate(static_cast<acc_t>(x[k]) + b, slope, gain));
+}
+
+// y[r, c] = activate(x[r, c] + bias[c]) for `rows` rows of `channels` elements (C last, e.g. a Linear layer's)
+template <typename scalar_t, typename acc_t>
+FASTSN_SIMD_CLONES void activate_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict__ bias, acc_t slope,
+                                      acc_t gain, scalar_t* __restrict__ y, int64_t rows, int64_t channels) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < channels; ++c) {
+      y[r * channels + c] = static_cast<scalar_t>(
+          activate(static_cast<acc_t>(x[r * channels + c]) + static_cast<acc_t>(bias[c]), slope, gain));
+    }
+  }
+}
+
+// dx[k] = grad[k] * (y[k] > 0 ? gain : gain * slope): y > 0 exactly where x + bias > 0 (gain > 0); at 0 the
+// slope, as torch's leaky_relu
+template <typename scalar_t, typename acc_t>
+FASTSN_SIMD_CLONES void backward_run(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ y, acc_t up,
+                                     acc_t down, scalar_t* __restrict__ dx, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    dx[k] = static_cast<scalar_t>(static_cast<acc_t>(grad[k]) * (static_cast<acc_t>(y[k]) > acc_t(0) ? up : down));
+  }
+}
 
 at::Tensor bias_leaky_relu_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& bias, int64_t dim,
                                double negative_slope, double gain) {
@@ -24,21 +68,16 @@ at::Tensor bias_leaky_relu_cpu(const at::Tensor& x, const c10::optional<at::Tens
   const at::Tensor xc = x.contiguous();
   const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  if (xc.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "bias_leaky_relu_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* __restrict__ px = xc.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ pb = bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* __restrict__ py = y.mutable_data_ptr<scalar_t>();
+    const scalar_t* px = xc.const_data_ptr<scalar_t>();
+    const scalar_t* pb = bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* py = y.mutable_data_ptr<scalar_t>();
     const acc_t slope = static_cast<acc_t>(negative_slope), g = static_cast<acc_t>(gain);
-    // branch-free (max + slope * min): a data-dependent branch on random signs mispredicts half the time and
-    // measured 8x slower than torch; this form vectorizes. Exact: v > 0 gives v, else slope * v; NaN stays NaN.
-    const auto activate = [slope, g](acc_t v) {
-      return static_cast<scalar_t>((std::max(v, acc_t(0)) + slope * std::min(v, acc_t(0))) * g);
-    };
-    if (xc.numel() == 0) return;
     if (!pb) {
       at::parallel_for(0, xc.numel(), kGrainSize, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) py[i] = activate(static_cast<acc_t>(px[i]));
+        activate_run<scalar_t, acc_t>(px + begin, acc_t(0), slope, g, py + begin, end - begin);
       });
       return;
     }
@@ -46,11 +85,8 @@ at::Tensor bias_leaky_relu_cpu(const at::Tensor& x, const c10::optional<at::Tens
       // (outer, C) with C last, e.g. a Linear layer's (N, C): rows of C elements, the bias read as a vector
       const int64_t channels = s.channels, rows = xc.numel() / channels;
       at::parallel_for(0, rows, std::max<int64_t>(1, kGrainSize / channels), [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const scalar_t* __restrict__ xr = px + r * channels;
-          scalar_t* __restrict__ yr = py + r * channels;
-          for (int64_t c = 0; c < channels; ++c) yr[c] = activate(static_cast<acc_t>(xr[c]) + static_cast<acc_t>(pb[c]));
-        }
+        activate_rows<scalar_t, acc_t>(px + begin * channels, pb, slope, g, py + begin * channels, end - begin,
+                                       channels);
       });
       return;
     }
@@ -60,10 +96,8 @@ at::Tensor bias_leaky_relu_cpu(const at::Tensor& x, const c10::optional<at::Tens
     at::parallel_for(0, rows, std::max<int64_t>(1, kGrainSize / inner), [&](int64_t begin, int64_t end) {
       int64_t channel = begin % s.channels;
       for (int64_t r = begin; r < end; ++r) {
-        const acc_t b = static_cast<acc_t>(pb[channel]);
-        const scalar_t* __restrict__ xr = px + r * inner;
-        scalar_t* __restrict__ yr = py + r * inner;
-        for (int64_t k = 0; k < inner; ++k) yr[k] = activate(static_cast<acc_t>(xr[k]) + b);
+        activate_run<scalar_t, acc_t>(px + r * inner, static_cast<acc_t>(pb[channel]), slope, g, py + r * inner,
+                                      inner);
         if (++channel == s.channels) channel = 0;
       }
     });
@@ -79,16 +113,12 @@ at::Tensor bias_leaky_relu_backward_cpu(const at::Tensor& grad, const at::Tensor
   at::Tensor dx = at::empty_like(gc, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gc.scalar_type(), "bias_leaky_relu_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* __restrict__ pg = gc.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ py = yc.const_data_ptr<scalar_t>();
-    scalar_t* __restrict__ pd = dx.mutable_data_ptr<scalar_t>();
+    const scalar_t* pg = gc.const_data_ptr<scalar_t>();
+    const scalar_t* py = yc.const_data_ptr<scalar_t>();
+    scalar_t* pd = dx.mutable_data_ptr<scalar_t>();
     const acc_t up = static_cast<acc_t>(gain), down = static_cast<acc_t>(gain * negative_slope);
     at::parallel_for(0, gc.numel(), kGrainSize, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        // y > 0 exactly where x + bias > 0 (gain > 0); at 0 the slope, as torch's leaky_relu; branch-free
-        const acc_t positive = static_cast<acc_t>(static_cast<acc_t>(py[i]) > 0);
-        pd[i] = static_cast<scalar_t>(static_cast<acc_t>(pg[i]) * (positive * up + (1 - positive) * down));
-      }
+      backward_run<scalar_t, acc_t>(pg + begin, py + begin, up, down, pd + begin, end - begin);
     });
   });
   return dx;

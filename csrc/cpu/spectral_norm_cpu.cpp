@@ -214,10 +214,9 @@ void matrix_pass(const scalar_t* weight, const SpectralNormShape& shape, const s
       int64_t i = task * rows_per_task;
       for (; i + kRowBlock <= row_end; i += kRowBlock) {
         auto row = [&](int64_t o, int64_t l) { return weight + (o * h + i + l) * inner; };
-        acc_t c[kRowBlock];
-        for (int64_t l = 0; l < kRowBlock; ++l) c[l] = coef ? (*coef)[i + l] : acc_t(0);
+        acc_t c[kRowBlock];  // the row coefficients: s_i (fused pass, summed below) or coef_i (column pass)
+        for (int64_t l = 0; l < kRowBlock; ++l) c[l] = v || !coef ? acc_t(0) : (*coef)[i + l];
         if (v) {
-          std::fill(c, c + kRowBlock, acc_t(0));
           for (int64_t o = 0; o < outer; ++o) {
             acc_t part[kRowBlock];
             dot_rows<scalar_t, acc_t>(row(o, 0), row(o, 1), row(o, 2), row(o, 3), v->data() + o * inner, inner, part);

@@ -9,7 +9,9 @@ Backends:
               TRITON_INTERPRET=1 was set before triton was imported).
     "cpu":    the C++ CPU kernels of fastsn._C (CPU tensors).
     "ref":    the pure-PyTorch reference ``<op>_ref``; always available, on any device.
-    "auto":   CUDA tensors: cuda, else triton, else ref. CPU tensors: cpu, else ref. Others: ref.
+    "auto":   CUDA tensors: cuda, else triton, else ref. CPU tensors: cpu, else ref. Others: ref. Under torch.func
+              transforms (vmap, grad, jacrev, jvp, ...): ref, which they can differentiate and batch (they cannot
+              run the autograd of ops defined in C++).
 
 A backend requested by name (argument, context or environment) that cannot run raises
 :class:`BackendUnavailableError` saying why and how to get it; ``"auto"`` falls back silently.
@@ -150,6 +152,8 @@ def resolve(op: str, device: Union[torch.device, str], backend: Optional[str] = 
     """
     device = torch.device(device)
     name, source = requested(backend)
+    if name == "auto" and torch._C._are_functorch_transforms_active():
+        return "ref"  # torch.func transforms cannot run the kernels' autograd (C++-defined ops): the twin can
     if name == "auto":
         for candidate in _AUTO_ORDER.get(device.type, ("ref",)):
             if unavailable_reason(candidate, op, device) is None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import fastsn
 from conftest import TOLERANCES, kernel_pairs
 from fastsn import _backend
+from fastsn.ops._zero_fill import PASS_PROBE
 
 blr = importlib.import_module("fastsn.ops.bias_leaky_relu")  # the module (fastsn.ops.bias_leaky_relu is the function)
 
@@ -156,6 +157,16 @@ def test_penalty_second_backward_sends_nothing_below_the_activation(backend, dev
     torch.testing.assert_close(weight.grad, 2 * mask.t() @ (mask @ weight.detach()))  # d/dW sum((mask W)^2)
     torch.testing.assert_close(bias.grad, torch.zeros_like(bias))  # defined, as torch leaves it
     torch.testing.assert_close(x.grad, torch.zeros_like(x))  # a leaf below: zeros, as torch leaves it
+    assert PASS_PROBE.grad is None
+    # backward(inputs=...) accumulates into those leaves only
+    for leaf in (weight, bias, x):
+        leaf.grad = None
+    pre = x @ weight.t()
+    y = op(pre, bias, 1, 0.2, 1.0) if registered else blr.bias_leaky_relu(pre, bias, 0.2, 1.0, backend=backend)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    g.square().sum().backward(inputs=[weight])
+    torch.testing.assert_close(weight.grad, 2 * mask.t() @ (mask @ weight.detach()))
+    assert bias.grad is None and x.grad is None
     # autograd.grad accumulates into no leaf: nothing is filled in
     for leaf in (weight, bias, x):
         leaf.grad = None
@@ -299,3 +310,21 @@ def test_gradient_penalty_through_fused_leaky_relu_matches_plain_ops(backend_dev
     torch.testing.assert_close(penalty, expected, rtol=1e-4, atol=1e-5)
     for got, want in zip(ours.parameters(), reference.parameters()):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_func_transforms_take_the_reference():
+    """jacrev, vmap and hessian-vector products of torch.func run through the op (auto takes the reference there:
+    the transforms cannot run the autograd of ops defined in C++)."""
+    x = torch.randn(3, 4, dtype=torch.float64)
+    bias = torch.randn(4, dtype=torch.float64)
+
+    def ours(t):
+        return blr.bias_leaky_relu(t, bias, 0.2, 1.5).square().sum()
+
+    def reference(t):
+        return blr.bias_leaky_relu_ref(t, bias, 0.2, 1.5).square().sum()
+
+    torch.testing.assert_close(torch.func.jacrev(ours)(x), torch.func.jacrev(reference)(x))
+    rows = x[:, None]
+    torch.testing.assert_close(torch.vmap(torch.func.grad(ours))(rows), torch.vmap(torch.func.grad(reference))(rows))
+    torch.testing.assert_close(torch.func.hessian(ours)(x), torch.func.hessian(reference)(x))

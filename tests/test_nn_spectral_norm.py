@@ -298,6 +298,20 @@ def test_remove_parametrization(backend_device):
     _assert_close(module.weight, normalized)
 
 
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("eps", [0.0, -1.0])
+def test_any_eps_as_torch(backend_device, api, eps):
+    """torch takes any eps (the floor max(norm, eps) of F.normalize; eps <= 0 is no floor): so does fastsn."""
+    backend, device = backend_device
+    reference, ours = _twins(api, lambda: torch.nn.Linear(5, 3), eps=eps)
+    reference, ours = reference.to(device), ours.to(device)
+    x = torch.randn(2, 5, device=device)
+    for _ in range(2):
+        with fastsn.use_backend(backend):
+            got = ours(x)
+        _assert_close(got, reference(x))
+
+
 def test_zero_weight_gives_zero_not_nan(backend_device):
     """The one deliberate difference from torch, which returns NaN here."""
     backend, device = backend_device
@@ -308,6 +322,30 @@ def test_zero_weight_gives_zero_not_nan(backend_device):
         with fastsn.use_backend(backend):
             y = module(torch.randn(2, 3, device=device))
         assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("transform", ["jacrev", "vmap", "jvp", "grad-of-parameters"])
+def test_torch_func_transforms_match_torch(api, transform):
+    """torch.func transforms run through fastsn layers as through torch's (under them, auto takes the reference:
+    they cannot run the autograd of ops defined in C++)."""
+    reference, ours = _twins(api, lambda: torch.nn.Linear(4, 3).double())
+    x = torch.randn(2, 4, dtype=torch.float64)
+    batch = torch.randn(5, 2, 4, dtype=torch.float64)
+    results = []
+    for module in (reference, ours):
+        module.eval()
+        if transform == "jacrev":
+            results.append(torch.func.jacrev(module)(x))
+        elif transform == "vmap":
+            results.append(torch.vmap(module)(batch))
+        elif transform == "jvp":
+            results.append(torch.func.jvp(module, (x,), (torch.ones_like(x),))[1])
+        else:
+            params = dict(module.named_parameters())
+            grads = torch.func.grad(lambda p: torch.func.functional_call(module, p, (x,)).square().sum())(params)
+            results.append(grads[sorted(grads)[0]])
+    torch.testing.assert_close(results[1], results[0])
 
 
 def _discriminator():
@@ -412,6 +450,27 @@ def test_grouped_matches_layer_by_layer_under_cached(backend_device, mode):
                 _assert_close(p.grad, p_ref.grad, scale=float(p_ref.grad.abs().max()) + 1)
             for b, b_ref in zip(ours.buffers(), reference.buffers()):
                 _assert_close(b, b_ref)
+
+
+def test_grouped_leaves_unused_weights_without_gradient(backend_device):
+    """A spectral-norm weight not used in the block gets no gradient (.grad None, as layer by layer), so an
+    optimizer does not step it; the used ones get theirs."""
+    backend, device = backend_device
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"used": fnu.parametrizations.spectral_norm(torch.nn.Linear(4, 3)),
+                                 "unused": fnu.parametrizations.spectral_norm(torch.nn.Linear(4, 3)),
+                                 "unused_hook": fnu.spectral_norm(torch.nn.Linear(4, 3))}).to(device)
+    reference = copy.deepcopy(model)
+    x = torch.randn(2, 4, device=device)
+    with fastsn.use_backend(backend):
+        with fastsn.grouped_spectral_norm(model):
+            model["used"](x).sum().backward()
+        with parametrize.cached():
+            reference["used"](x).sum().backward()
+    assert model["unused"].parametrizations.weight.original.grad is None
+    assert model["unused_hook"].weight_orig.grad is None
+    _assert_close(model["used"].parametrizations.weight.original.grad,
+                  reference["used"].parametrizations.weight.original.grad)
 
 
 def test_grouped_leaves_torch_spectral_norms_alone(backend_device):

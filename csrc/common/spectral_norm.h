@@ -57,7 +57,7 @@ inline void check_power_iteration_args(const at::Tensor& weight, const at::Tenso
   check_spectral_norm_args(weight, u, v, dim, op);
   TORCH_CHECK(n_power_iterations >= 0, op, "(): argument 'n_power_iterations' must be >= 0, got ",
               n_power_iterations);
-  TORCH_CHECK(eps > 0, op, "(): argument 'eps' must be positive, got ", eps);
+  // eps is not checked: torch takes any (F.normalize's floor max(norm, eps); eps <= 0 is no floor)
 }
 
 inline void check_normalize_args(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,

@@ -78,8 +78,6 @@ def check_power_iteration_args(weight: torch.Tensor, u: torch.Tensor, v: torch.T
         raise RuntimeError(f"{op}(): arguments 'u' and 'v' must be on the device of 'weight' ({weight.device})")
     if n_power_iterations < 0:
         raise RuntimeError(f"{op}(): argument 'n_power_iterations' must be >= 0, got {n_power_iterations}")
-    if not eps > 0:
-        raise RuntimeError(f"{op}(): argument 'eps' must be positive, got {eps}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -379,16 +377,31 @@ def _grouped_normalize_setup_context(ctx, inputs, output):
     weights, us, vs, sigmas, dims, eps = inputs
     ctx.save_for_backward(us, vs, sigmas, *weights)
     ctx.dims, ctx.eps = list(dims), list(eps)
+    ctx.set_materialize_grads(False)  # a weight whose W_sn went unused gets None, as layer by layer
 
 
-def _grouped_normalize_grads(ctx, grads: list, backward_op: str) -> list[torch.Tensor]:
-    """dW per weight from the tensors ``_grouped_normalize_setup_context`` saved (see :func:`_normalize_grad`)."""
+def _grouped_normalize_grads(ctx, grads: list, backward_op: str) -> list[Optional[torch.Tensor]]:
+    """dW per weight from the tensors ``_grouped_normalize_setup_context`` saved (see :func:`_normalize_grad`);
+    None for a weight whose W_sn got no gradient (unused in the block), as layer by layer."""
     us, vs, sigmas, *weights = ctx.saved_tensors
+    used = [k for k, grad in enumerate(grads) if grad is not None]
+    if len(used) < len(grads):
+        if not used:
+            return [None] * len(grads)
+        u, v, _ = split_grouped_vectors(weights, us, vs, sigmas, ctx.dims)
+        us, vs, sigmas = torch.cat([u[k] for k in used]), torch.cat([v[k] for k in used]), sigmas[used]
+    pick = (lambda values: [values[k] for k in used]) if len(used) < len(grads) else list
+    grads_used, weights_used, dims, eps = pick(grads), pick(weights), pick(ctx.dims), pick(ctx.eps)
     if torch.is_grad_enabled():
-        u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, ctx.dims)
-        return [spectral_norm_normalize_backward_ref(*args) for args in zip(grads, weights, u, v, sigma, ctx.dims,
-                                                                            ctx.eps)]
-    return list(getattr(torch.ops.fastsn, backward_op)(grads, weights, us, vs, sigmas, ctx.dims, ctx.eps))
+        u, v, sigma = split_grouped_vectors(weights_used, us, vs, sigmas, dims)
+        computed = [spectral_norm_normalize_backward_ref(*args)
+                    for args in zip(grads_used, weights_used, u, v, sigma, dims, eps)]
+    else:
+        computed = list(getattr(torch.ops.fastsn, backward_op)(grads_used, weights_used, us, vs, sigmas, dims, eps))
+    result: list[Optional[torch.Tensor]] = [None] * len(grads)
+    for k, grad_weight in zip(used, computed):
+        result[k] = grad_weight
+    return result
 
 
 def _make_grouped_normalize_backward(backward_op: str):

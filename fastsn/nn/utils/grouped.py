@@ -58,6 +58,11 @@ def grouped_spectral_norm(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     Weights of another device or dtype form their own group. torch's own spectral norms, and spectral norms
     chained with other parametrizations, are computed layer by layer as usual.
 
+    Unlike ``parametrize.cached()``, which computes each weight at its first use, the block computes them all on
+    entry: in the grad mode and train/eval mode of that moment (enter it after ``model.train()``/``eval()``, with
+    grad enabled for a training step), and the u, v of layers the block then leaves unused are updated too (their
+    weights get no gradient).
+
     Args:
         model: a module holding fastsn spectral norms (either API).
 

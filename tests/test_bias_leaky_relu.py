@@ -13,7 +13,6 @@ import torch.nn.functional as F
 import fastsn
 from conftest import TOLERANCES, kernel_pairs
 from fastsn import _backend
-from fastsn.ops._zero_fill import PASS_PROBE
 
 blr = importlib.import_module("fastsn.ops.bias_leaky_relu")  # the module (fastsn.ops.bias_leaky_relu is the function)
 
@@ -76,15 +75,16 @@ def test_slope_applies_at_zero_as_torch(backend_device):
 
 
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
-def test_gradcheck_and_gradgradcheck_float64(backend_device, with_bias):
+@pytest.mark.parametrize("shape, dim", [((3, 4, 5), 1), ((4,), 0), ((4,), -1)], ids=["3d", "1d", "1d-negdim"])
+def test_gradcheck_and_gradgradcheck_float64(backend_device, with_bias, shape, dim):
     backend, device = backend_device
-    x = torch.randn(3, 4, 5, dtype=torch.float64, device=device)
+    x = torch.randn(*shape, dtype=torch.float64, device=device)
     x = torch.where(x.abs() < 0.05, x + 0.1, x).requires_grad_()  # away from the kink: finite differences
     bias = torch.zeros(4, dtype=torch.float64, device=device, requires_grad=True) if with_bias else None
     inputs = (x, bias) if with_bias else (x,)
 
     def fn(*args):
-        return blr.bias_leaky_relu(args[0], args[1] if with_bias else None, 0.2, 1.3, 1, backend=backend)
+        return blr.bias_leaky_relu(args[0], args[1] if with_bias else None, 0.2, 1.3, dim, backend=backend)
 
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradgradcheck(fn, inputs)
@@ -144,11 +144,15 @@ def test_penalty_second_backward_sends_nothing_below_the_activation(backend, dev
     """The second backward of a gradient penalty reaches the activation's forward node only through its saved
     output, which gets no gradient: nothing (not zeros, which would run every layer below) flows to its input."""
     op = getattr(torch.ops.fastsn, "bias_leaky_relu" + ("_triton" if backend == "triton" else ""))
+
+    def activation(pre, bias):
+        return op(pre, bias, 1, 0.2, 1.0) if registered else blr.bias_leaky_relu(pre, bias, 0.2, 1.0, backend=backend)
+
     weight = torch.randn(3, 4, dtype=torch.float64, device=device, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
     x = torch.randn(5, 4, dtype=torch.float64, device=device, requires_grad=True)
     pre = _Probe.apply(x @ weight.t())
-    y = op(pre, bias, 1, 0.2, 1.0) if registered else blr.bias_leaky_relu(pre, bias, 0.2, 1.0, backend=backend)
+    y = activation(pre, bias)
     (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     _Probe.seen.clear()
     g.square().sum().backward()
@@ -157,21 +161,26 @@ def test_penalty_second_backward_sends_nothing_below_the_activation(backend, dev
     torch.testing.assert_close(weight.grad, 2 * mask.t() @ (mask @ weight.detach()))  # d/dW sum((mask W)^2)
     torch.testing.assert_close(bias.grad, torch.zeros_like(bias))  # defined, as torch leaves it
     torch.testing.assert_close(x.grad, torch.zeros_like(x))  # a leaf below: zeros, as torch leaves it
-    assert PASS_PROBE.grad is None
     # backward(inputs=...) accumulates into those leaves only
     for leaf in (weight, bias, x):
         leaf.grad = None
     pre = x @ weight.t()
-    y = op(pre, bias, 1, 0.2, 1.0) if registered else blr.bias_leaky_relu(pre, bias, 0.2, 1.0, backend=backend)
+    y = activation(pre, bias)
     (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     g.square().sum().backward(inputs=[weight])
     torch.testing.assert_close(weight.grad, 2 * mask.t() @ (mask @ weight.detach()))
     assert bias.grad is None and x.grad is None
+    weight.grad = None
+    (g,) = torch.autograd.grad(activation(x @ weight.t(), bias).sum(), x, create_graph=True)
+    g.square().sum().backward(inputs=[weight, bias, x])  # all three, as torch: bias and x get zeros
+    torch.testing.assert_close(weight.grad, 2 * mask.t() @ (mask @ weight.detach()))
+    torch.testing.assert_close(bias.grad, torch.zeros_like(bias))
+    torch.testing.assert_close(x.grad, torch.zeros_like(x))
     # autograd.grad accumulates into no leaf: nothing is filled in
     for leaf in (weight, bias, x):
         leaf.grad = None
     pre = x @ weight.t()
-    y = op(pre, bias, 1, 0.2, 1.0) if registered else blr.bias_leaky_relu(pre, bias, 0.2, 1.0, backend=backend)
+    y = activation(pre, bias)
     (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     (weight_grad,) = torch.autograd.grad(g.square().sum(), weight)
     torch.testing.assert_close(weight_grad, 2 * mask.t() @ (mask @ weight.detach()))

@@ -221,12 +221,24 @@ def test_lazy_regularization_applies_every_kth_call_scaled_by_k():
     (lambda d, r, f: fastsn.gradient_penalty(d, r.long(), f), "floating-point"),
     (lambda d, r, f: fastsn.gradient_penalty(d, r[:0], f[:0]), "at least one sample"),
     (lambda d, r, f: fastsn.nn.GradientPenalty(every=0), "argument 'every'"),
+    (lambda d, r, f: fastsn.gradient_penalty(lambda x: torch.zeros(x.shape[0]), r, f), "does not depend on its input"),
+    (lambda d, r, f: fastsn.gradient_penalty(d, r.double(), f), "same dtype"),
+    (lambda d, r, f: fastsn.gradient_penalty(d, r.double(), f, kind=("r1", "r2")), "same dtype"),
+    (lambda d, r, f: fastsn.nn.GradientPenalty("r1", every=2)(d, None, None), "needs argument 'real' or 'fake'"),
+    (lambda d, r, f: fastsn.nn.FusedLeakyReLU(4, True), "a bool"),
 ], ids=["no-fake", "no-real", "shapes", "kind", "combination", "convention", "scores-shape", "scalar-score",
-        "no-path", "integer", "empty", "every"])
+        "no-path", "integer", "empty", "every", "no-graph", "dtypes", "dtypes-r1r2", "module-no-input",
+        "fused-bool-slope"])
 def test_bad_input_gets_a_clear_error(call, message):
     real, fake = _data((8, 2))
     with pytest.raises((ValueError, TypeError), match=message):
         call(mlp(), real, fake)
+
+
+def test_grad_mode_off_gets_a_clear_error():
+    real, fake = _data((8, 2))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="needs grad mode"):
+        fastsn.gradient_penalty(mlp(), real, fake)
 
 
 class _Constant(torch.nn.Module):

@@ -65,6 +65,30 @@ def test_converted_d_gives_torch_penalty_and_every_grad(backend_device, kind, in
             torch.testing.assert_close(got.grad, want.grad, msg=name)
 
 
+@pytest.mark.parametrize("how", ["grad", "backward-inputs"])
+def test_penalty_gradients_by_autograd_grad_and_backward_inputs(backend_device, how):
+    """autograd.grad(penalty, parameters) and penalty.backward(inputs=parameters) give every parameter torch's
+    gradient (zeros, not missing, for the biases under the activations)."""
+    backend, device = backend_device
+    reference = _discriminator(device, False)
+    converted = fastsn.convert_leaky_relu(copy.deepcopy(reference))
+    real = torch.randn(5, 3, 8, 8, device=device, dtype=torch.float64)
+    results = []
+    for model in (reference, converted):
+        params = list(model.parameters())
+        with fastsn.use_backend(backend):
+            penalty = fastsn.gradient_penalty(model, real, kind="r1")
+        if how == "grad":
+            results.append(torch.autograd.grad(penalty, params, allow_unused=True))  # (the last bias gets none)
+        else:
+            penalty.backward(inputs=params)
+            results.append([p.grad for p in params])
+    for (name, _), got, want in zip(reference.named_parameters(), *results[::-1]):
+        assert (got is None) == (want is None), name
+        if want is not None:
+            torch.testing.assert_close(got, want, msg=name)
+
+
 def test_convert_root_and_fallbacks():
     converted = fastsn.convert_leaky_relu(torch.nn.LeakyReLU(0.2, inplace=True))
     assert type(converted) is fastsn.nn.LeakyReLU and converted.negative_slope == 0.2 and not converted.inplace

@@ -348,6 +348,29 @@ def test_torch_func_transforms_match_torch(api, transform):
     torch.testing.assert_close(results[1], results[0])
 
 
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.filterwarnings("ignore:Complex modules")
+def test_complex_weights_as_torch(api):
+    """Complex weights (which the kernels do not take) give torch's outputs, gradients and u, v; in a grouped
+    block too; spectral_norms reports torch's complex sigma."""
+    reference, ours = _twins(api, lambda: torch.nn.Linear(5, 3).to(torch.complex128))
+    x = torch.randn(2, 5, dtype=torch.complex128)
+    for step in range(3):
+        with fastsn.grouped_spectral_norm(ours) if step == 2 else parametrize.cached():
+            y = ours(x)
+        y_ref = reference(x)
+        y.abs().sum().backward(), y_ref.abs().sum().backward()
+        torch.testing.assert_close(y, y_ref)
+    for p, p_ref in zip(ours.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad)
+    for key, value in _buffers(reference).items():
+        torch.testing.assert_close(_buffers(ours)[key], value)
+    weight = ours.parametrizations.weight.original if api == "parametrizations" else ours.weight_orig
+    u, v = _buffers(ours).values()
+    expected = (torch.vdot if api == "parametrizations" else torch.dot)(u, weight.detach() @ v)
+    torch.testing.assert_close(fastsn.spectral_norms(ours)[""], expected)
+
+
 def _discriminator():
     return torch.nn.Sequential(
         torch.nn.utils.parametrizations.spectral_norm(torch.nn.Conv2d(3, 8, 3)), torch.nn.LeakyReLU(0.2),

@@ -27,6 +27,9 @@ class FusedLeakyReLU(torch.nn.Module):
         super().__init__()
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"FusedLeakyReLU(): argument 'channels' must be a positive int, got {channels!r}")
+        if isinstance(negative_slope, bool):  # rosinality's FusedLeakyReLU(channel, bias, ...): bias comes second
+            raise TypeError("FusedLeakyReLU(): argument 'negative_slope' must be a number, got a bool (the bias "
+                            "switch is the keyword argument 'bias')")
         if not negative_slope >= 0:
             raise ValueError(f"FusedLeakyReLU(): argument 'negative_slope' must be non-negative (the gradient reads "
                              f"the mask from the output), got {negative_slope!r}")

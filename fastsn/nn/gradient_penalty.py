@@ -60,6 +60,9 @@ def _check_inputs(kinds: tuple[str, ...], real: Optional[torch.Tensor], fake: Op
         if real.shape != fake.shape:
             raise ValueError(f"gradient_penalty(): arguments 'real' and 'fake' must have the same shape, got "
                              f"{tuple(real.shape)} and {tuple(fake.shape)}")
+        if real.dtype != fake.dtype:
+            raise ValueError(f"gradient_penalty(): arguments 'real' and 'fake' must have the same dtype, got "
+                             f"{real.dtype} and {fake.dtype}")
         if real.device != fake.device:
             raise ValueError(f"gradient_penalty(): arguments 'real' and 'fake' must be on one device, got "
                              f"{real.device} and {fake.device}")
@@ -100,7 +103,13 @@ def _scores(discriminator: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _input_gradients(scores: torch.Tensor, x: torch.Tensor, scaler: Optional["torch.amp.GradScaler"]
                      ) -> torch.Tensor:
     """dsum(D)/dx with its graph (create_graph), unscaled when a GradScaler scaled it (PyTorch's AMP recipe)."""
+    if not torch.is_grad_enabled():
+        raise RuntimeError("gradient_penalty(): needs grad mode, which is off (called under torch.no_grad() or "
+                           "torch.inference_mode())")
     total = scores.sum()
+    if not total.requires_grad:
+        raise ValueError("gradient_penalty(): the discriminator's output does not depend on its input (no "
+                         "autograd path from the input to the scores)")
     if scaler is not None:
         total = scaler.scale(total)
     (grad,) = torch.autograd.grad(total, x, create_graph=True, allow_unused=True)
@@ -148,9 +157,10 @@ def gradient_penalty(discriminator: torch.nn.Module, real: Optional[torch.Tensor
         A scalar tensor: float32 for float16/bfloat16 inputs, else the inputs' dtype.
 
     Raises:
-        ValueError: an unknown kind or convention, a missing input, real/fake of different shapes, scores that are
-            not one per sample, or scores that do not depend on the input.
+        ValueError: an unknown kind or convention, a missing input, real/fake of different shapes or dtypes, scores
+            that are not one per sample, or scores that do not depend on the input.
         TypeError: non-floating-point inputs.
+        RuntimeError: grad mode off (under torch.no_grad() or torch.inference_mode()).
     """
     kinds = _kinds(kind)
     if convention not in CONVENTIONS:
@@ -196,6 +206,8 @@ class GradientPenalty(torch.nn.Module):
         """The penalty times ``every`` on an applying call, else a zero scalar (no graph) on the inputs' device."""
         apply = self.calls % self.every == 0
         self.calls += 1
+        if real is None and fake is None:
+            raise ValueError("GradientPenalty(): needs argument 'real' or 'fake'")
         if not apply:
             like = real if real is not None else fake
             return torch.zeros((), device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
@@ -210,4 +222,5 @@ class GradientPenalty(torch.nn.Module):
         self.calls = int(state["calls"])
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, weight={self.weight}, center={self.center}, every={self.every}"
+        return (f"kind={self.kind!r}, weight={self.weight}, center={self.center}, every={self.every}, "
+                f"convention={self.convention!r}")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from fastsn import _backend, _extension
 from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
 from fastsn.ops._eager import below_autograd
-from fastsn.ops._zero_fill import PASS_PROBE, zero_fill_leaves_below
+from fastsn.ops._zero_fill import zero_fill_leaves_below
 
 OP = "fastsn::bias_leaky_relu"
 
@@ -135,7 +135,8 @@ def _backward_fake(grad, y, negative_slope, gain):
 def _forward_setup_context(ctx, inputs, output):
     x, bias, dim, negative_slope, gain = inputs
     ctx.save_for_backward(output)
-    # An absent gradient stays None: nothing came, and torch's activation sends nothing down either.
+    # An absent gradient stays None instead of becoming zeros, which would run every layer below (see
+    # fastsn/ops/_zero_fill.py): a gradient penalty's second backward reaches here only through the saved y.
     ctx.set_materialize_grads(False)
     ctx.dim, ctx.negative_slope, ctx.gain, ctx.has_bias = dim, negative_slope, gain, bias is not None
 
@@ -143,27 +144,32 @@ def _forward_setup_context(ctx, inputs, output):
 def _backward_call(grad: torch.Tensor, y: torch.Tensor, negative_slope: float, gain: float, suffix: str):
     """bias_leaky_relu_backward(grad, y). In eager mode: through its autograd.Function when it may be
     differentiated again (create_graph=True), else straight to the kernel (the registered autograd kernel would
-    only pass the call on, after about 5 us of Python; a penalty's second backward makes one per activation).
-
-    The Function takes y detached and y's node beside it: dx has no gradient in y (the mask is piecewise
-    constant), so the forward's node need not run in the next backward; the leaves below it get the zeros torch
-    would send them there (see fastsn/ops/_zero_fill.py)."""
+    only pass the call on, after about 5 us of Python; a penalty's second backward makes one per activation)."""
     op = getattr(torch.ops.fastsn, "bias_leaky_relu_backward" + suffix)
     if torch.compiler.is_compiling():
         return op(grad, y, negative_slope, gain)
     if torch.is_grad_enabled() and (grad.requires_grad or y.requires_grad):
-        return _BackwardFunction.apply(grad, y.detach(), negative_slope, gain, suffix, y.grad_fn, PASS_PROBE)
+        return _BackwardFunction.apply(grad, y, negative_slope, gain, suffix)
     return below_autograd(op, grad, y, negative_slope, gain)
 
 
 def _forward_grads(ctx, grad: Optional[torch.Tensor], suffix: str):
     if grad is None:
-        return None, None  # no gradient came: torch's activation sends nothing down either
+        if getattr(ctx, "y_pruned_in", None) != torch._C._current_graph_task_id():
+            return None, None  # no gradient came: torch's activation sends nothing down either
+        # a gradient penalty's second backward, where torch's activation would send zeros down through y: the
+        # leaves below end the pass with zeros, as torch leaves them, without a backward of each layer
+        send_zeros = zero_fill_leaves_below(ctx)
+        (y,) = ctx.saved_tensors
+        zero_bias = y.new_zeros(y.shape[ctx.dim]) if ctx.has_bias and ctx.needs_input_grad[1] else None
+        # under autograd.grad() asking for a gradient below, the zero itself goes down, as with torch
+        return (torch.zeros_like(y) if send_zeros else None), zero_bias
     (y,) = ctx.saved_tensors
     dx = _backward_call(grad, y, ctx.negative_slope, ctx.gain, suffix)
     dbias = None
     if ctx.has_bias and ctx.needs_input_grad[1]:
-        dbias = dx.sum(dim=[d for d in range(dx.dim()) if d != ctx.dim])
+        others = [d for d in range(dx.dim()) if d != ctx.dim]
+        dbias = dx.sum(dim=others) if others else dx  # (sum over no dims would sum over all: a 1-D x)
     return dx, dbias
 
 
@@ -176,23 +182,19 @@ def _make_forward_backward(suffix: str):
 def _backward_setup_context(ctx, inputs, output):
     grad, y, negative_slope, gain = inputs
     ctx.save_for_backward(y)
-    ctx.negative_slope, ctx.gain, ctx.y_node = negative_slope, gain, None
+    ctx.negative_slope, ctx.gain = negative_slope, gain
     ctx.set_materialize_grads(False)
 
 
 def _backward_grad(ctx, grad_of_dx: Optional[torch.Tensor], suffix: str) -> Optional[torch.Tensor]:
-    """The gradient of dx = bias_leaky_relu_backward(grad, y) in grad: the same op on grad_of_dx. y's gradient is
-    zero almost everywhere: torch sends that zero down through y's node; here the leaves below y's node get zeros
-    at the end of the pass instead."""
     if grad_of_dx is None:
         return None
     (y,) = ctx.saved_tensors
-    if ctx.y_node is not None:  # the eager Function: y came detached, its node beside it, and the probe last
-        zero_fill_leaves_below(ctx.y_node, ctx.next_functions[-1][0])
-    elif y.grad_fn is not None:  # the registered op: y in the graph, so are the leaves below it
-        zero_fill_leaves_below(y.grad_fn)
-    if not ctx.needs_input_grad[0]:
-        return None
+    if isinstance(y.grad_fn, torch.autograd.function.BackwardCFunction):
+        # the forward's node (y from elsewhere has another node, or none): told that y's zero gradient was not
+        # sent, see _forward_grads
+        y.grad_fn.y_pruned_in = torch._C._current_graph_task_id()
+    # dx is linear in grad with the same mask; the mask does not change with y almost everywhere
     return _backward_call(grad_of_dx, y, ctx.negative_slope, ctx.gain, suffix)
 
 
@@ -218,16 +220,16 @@ class _ForwardFunction(torch.autograd.Function):
 
 class _BackwardFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, grad, y, negative_slope, gain, suffix, y_node, probe):
+    def forward(ctx, grad, y, negative_slope, gain, suffix):
         dx = below_autograd(getattr(torch.ops.fastsn, "bias_leaky_relu_backward" + suffix), grad, y, negative_slope,
                             gain)
         _backward_setup_context(ctx, (grad, y, negative_slope, gain), dx)
-        ctx.suffix, ctx.y_node = suffix, y_node
+        ctx.suffix = suffix
         return dx
 
     @staticmethod
     def backward(ctx, grad_of_dx):
-        return _backward_grad(ctx, grad_of_dx, ctx.suffix), None, None, None, None, None, None
+        return _backward_grad(ctx, grad_of_dx, ctx.suffix), None, None, None, None
 
 
 for _suffix in ("", "_triton"):

@@ -9,7 +9,7 @@ from torch.nn.utils.parametrizations import _SpectralNorm as _TorchParametrizati
 
 from fastsn.nn.utils.parametrizations import _SpectralNorm
 from fastsn.nn.utils.spectral_norm import SpectralNorm, _torch_legacy
-from fastsn.ops.spectral_norm import spectral_norm_power_iteration
+from fastsn.ops.spectral_norm import spectral_norm_power_iteration, weight_to_matrix
 
 SpectralNormFn = Union[_TorchParametrization, _torch_legacy.SpectralNorm]
 
@@ -70,7 +70,8 @@ def spectral_norms(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         model: any module.
 
     Returns:
-        0-d tensors in float32 (float64 for float64 weights), on the weights' devices.
+        0-d tensors in float32 (float64 for float64 weights; complex for complex weights), on the weights'
+        devices.
     """
     sigmas = {}
     for module_name, module, tensor_name, fn in _spectral_norm_layers(model):
@@ -89,5 +90,9 @@ def spectral_norms(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             weight = getattr(module, fn.name + "_orig")
             u, v, dim, u_first = getattr(module, fn.name + "_u"), getattr(module, fn.name + "_v"), fn.dim, False
             weight = weight.unsqueeze(1) if weight.ndim == 1 else weight
+        if weight.is_complex():  # as torch computes it (vdot in the parametrizations API, dot in the hook API)
+            matrix = weight_to_matrix(weight.detach(), dim)
+            sigmas[key] = (torch.vdot if u_first else torch.dot)(u, torch.mv(matrix, v))
+            continue
         sigmas[key] = spectral_norm_power_iteration(weight, u, v, dim, 0, fn.eps, u_first)[0]
     return sigmas

@@ -34,11 +34,12 @@ def _entries(model: torch.nn.Module) -> list[_Entry]:
                 fn = parametrizations._modules["0"]
                 weight = parametrizations._parameters.get("original")
                 # only a spectral norm that is the whole parametrization reads `original` directly
-                if len(parametrizations) == 1 and isinstance(fn, _SpectralNorm) and weight is not None and weight.ndim > 1:
+                if (len(parametrizations) == 1 and isinstance(fn, _SpectralNorm) and weight is not None
+                        and weight.ndim > 1 and not weight.is_complex()):
                     entries.append(_Entry((id(fn), 0), weight, weight.shape, fn._buffers["_u"], fn._buffers["_v"],
                                           fn.dim, fn.n_power_iterations if fn.training else 0, fn.eps, True))
         for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, SpectralNorm):
+            if isinstance(hook, SpectralNorm) and not module._parameters[hook.name + "_orig"].is_complex():
                 weight = module._parameters[hook.name + "_orig"]
                 matrix = weight.unsqueeze(1) if weight.ndim == 1 else weight
                 entries.append(_Entry((id(hook), id(module)), matrix, weight.shape, module._buffers[hook.name + "_u"],
@@ -55,8 +56,8 @@ def grouped_spectral_norm(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     weights; one C++ call on CPU), then all normalizations as another; inside the block, forwards reuse those
     weights, as under ``torch.nn.utils.parametrize.cached()``: each u and v is updated once per block (in training
     mode), however many forwards the block runs, and gradients flow to every weight through one fused backward.
-    Weights of another device or dtype form their own group. torch's own spectral norms, and spectral norms
-    chained with other parametrizations, are computed layer by layer as usual.
+    Weights of another device or dtype form their own group. torch's own spectral norms, spectral norms chained
+    with other parametrizations, and complex weights are computed layer by layer as usual.
 
     Unlike ``parametrize.cached()``, which computes each weight at its first use, the block computes them all on
     entry: in the grad mode and train/eval mode of that moment (enter it after ``model.train()``/``eval()``, with

@@ -4,8 +4,9 @@ Same signature, defaults, errors, buffers (``_u``, ``_v``) and state_dict keys
 (``parametrizations.weight.original``, ``parametrizations.weight.0._u``, ``..._v``) as torch's; the
 parametrization subclasses torch's ``_SpectralNorm``, so code that checks for it still finds it, and torch
 checkpoints load unchanged. Each forward in training runs one fused power-iteration op (u then v, in place)
-and one normalize op; in eval, sigma from the current u and v, no update. The one deliberate difference:
-where |sigma| < eps (an all-zero weight) eps replaces sigma, so the result is 0 where torch gives NaN.
+and one normalize op; in eval, sigma from the current u and v, no update. Complex weights, which the kernels do
+not take, run torch's own computation. The one deliberate difference: where |sigma| < eps (an all-zero weight) eps
+replaces sigma, so the result is 0 where torch gives NaN.
 """
 from __future__ import annotations
 
@@ -67,7 +68,10 @@ class _SpectralNorm(_TorchSpectralNorm):
             self.register_buffer("_u", F.normalize(u, dim=0, eps=self.eps))
             self.register_buffer("_v", F.normalize(v, dim=0, eps=self.eps))
             with torch.no_grad():
-                spectral_norm_power_iteration(weight.detach(), self._u, self._v, self.dim, 15, self.eps, True)
+                if weight.is_complex():  # the kernels are real: torch's own iterations
+                    self._power_method(weight_mat, 15)
+                else:
+                    spectral_norm_power_iteration(weight.detach(), self._u, self._v, self.dim, 15, self.eps, True)
 
     @classmethod
     def from_torch(cls, torch_sn: _TorchSpectralNorm) -> "_SpectralNorm":
@@ -84,6 +88,8 @@ class _SpectralNorm(_TorchSpectralNorm):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1:
             return F.normalize(weight, dim=0, eps=self.eps)  # exact; as torch
+        if weight.is_complex():
+            return super().forward(weight)  # the kernels are real: torch's own computation
         precomputed = _grouped.lookup(self)
         if precomputed is not None:
             return precomputed

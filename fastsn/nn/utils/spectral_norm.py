@@ -4,6 +4,7 @@ Same parameters and buffers (``weight_orig``, ``weight_u``, ``weight_v``), order
 registration, no update in eval, the versioned state_dict metadata and the load pre-hook that converts
 checkpoints of the format before version 1. The hook class subclasses torch's ``SpectralNorm`` and the
 state-dict hooks are torch's own, so torch's ``remove_spectral_norm`` works on fastsn's hooks and the reverse.
+Complex weights, which the kernels do not take, run torch's own computation.
 One deliberate difference: where |sigma| < eps (an all-zero weight) eps replaces sigma: 0, where torch gives NaN.
 """
 from __future__ import annotations
@@ -31,6 +32,8 @@ class SpectralNorm(_torch_legacy.SpectralNorm):
         if precomputed is not None:
             return precomputed
         weight = getattr(module, self.name + "_orig")
+        if weight.is_complex():
+            return super().compute_weight(module, do_power_iteration)  # the kernels are real: torch's computation
         u = getattr(module, self.name + "_u")
         v = getattr(module, self.name + "_v")
         # A 1-D weight is the (h, 1) matrix of the hook API (the parametrizations API normalizes it exactly).

@@ -12,7 +12,10 @@
 #              no GPU steps, so that the script cannot rot.
 # Environment: PYTHON (default python3), FASTSN_COMMIT (the commit, when the tree travels without .git),
 #   DEVICE_RUN_BUDGET, PYTEST_WORKERS (default 8; pytest-xdist when installed), BENCH_FILTER (a pytest -k),
-#   DEVICE_RUN_CPU_BENCH=1 (also time the benchmarks on the host CPU).
+#   DEVICE_RUN_CPU_BENCH=1 (also time the benchmarks on the host CPU), DEVICE_RUN_STAGES (a comma list of
+#   tests, bench, sanitizer; default all three). When the whole suite and the benchmarks no longer fit one call,
+#   split them: DEVICE_RUN_STAGES=tests, then DEVICE_RUN_STAGES=bench,sanitizer (the second build reuses the
+#   first's objects on a warm machine); a stage run alone gets the budget the others would have taken.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -108,14 +111,26 @@ stage "fastsn._C uses the shared libstdc++" 10 build.log \
   bash -c '! nm -C --defined-only fastsn/_C*.so | grep "std::ostream::_M_insert<long>"'
 
 pytest=("$python" -m pytest -p no:cacheprovider -q -ra)
+stages=",${DEVICE_RUN_STAGES:-tests,bench,sanitizer},"
+wants() { [[ "$stages" == *",$1,"* ]]; }
+tests_share=200 bench_share=180
+if ! wants bench && ! wants sanitizer; then tests_share=500; fi
+if ! wants tests; then bench_share=360; fi
 if [ "$gpu" = 1 ]; then
-  stage "tests (whole suite, cuda + triton on the GPU)" 200 tests.log \
-    "${pytest[@]}" "${xdist[@]}" tests
-  stage "ceilings: copy bandwidth and matmul rate" 40 bench.log "$python" benchmarks/ceilings.py \
-    --out "$out/ceilings.json"
-  stage "benchmarks on cuda" 180 bench.log "${pytest[@]}" benchmarks -k "cuda and ${BENCH_FILTER:-not nothing}" \
-    --benchmark-json="$out/bench-cuda.json" --benchmark-max-time=0.25 --benchmark-columns=median,iqr,rounds
-  if command -v compute-sanitizer >/dev/null; then
+  if wants tests; then
+    stage "tests (whole suite, cuda + triton on the GPU)" "$tests_share" tests.log \
+      "${pytest[@]}" "${xdist[@]}" tests
+  fi
+  if wants bench; then
+    stage "ceilings: copy bandwidth and matmul rate" 40 bench.log "$python" benchmarks/ceilings.py \
+      --out "$out/ceilings.json"
+    stage "benchmarks on cuda" "$bench_share" bench.log "${pytest[@]}" benchmarks \
+      -k "cuda and ${BENCH_FILTER:-not nothing}" --benchmark-json="$out/bench-cuda.json" --benchmark-max-time=0.25 \
+      --benchmark-columns=median,iqr,rounds
+  fi
+  if ! wants sanitizer; then
+    :
+  elif command -v compute-sanitizer >/dev/null; then
     # the CUDA backend's op tests in float32 (every kernel path: small, large, grouped, backward)
     stage "compute-sanitizer memcheck" 45 sanitizer.log \
       compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 \

@@ -243,7 +243,9 @@ def test_module_init_bias_and_single_sample(backend_device):
     backend, device = backend_device
     torch.manual_seed(0)
     module = fastsn.nn.MinibatchDiscrimination(40, 30, 20, mean=True, bias=True).to(device)
-    assert list(module.state_dict()) == ["T", "bias"] and torch.equal(module.bias, torch.zeros(30, device=device))
+    # improved-gan's MinibatchLayer starts its bias at -1
+    assert list(module.state_dict()) == ["T", "bias"]
+    assert torch.equal(module.bias, torch.full((30,), -1.0, device=device))
     T = module.T.detach()
     assert abs(float(T.mean())) < 0.05 and abs(float(T.std()) - 1) < 0.05  # N(0, 1)
     with torch.no_grad():
@@ -268,6 +270,8 @@ def test_module_rejects_a_wrong_feature_count(backend_device):
         module(torch.randn(3, 6, 1, device=device))
     with pytest.raises(ValueError, match="argument 'kernel_dims' must be a positive int"):
         fastsn.nn.MinibatchDiscrimination(6, 4, 0)
+    with pytest.raises(TypeError, match="argument 'x' must be a floating-point tensor"):
+        module(torch.ones(3, 6, dtype=torch.long, device=device))
 
 
 def _discriminator(layer: torch.nn.Module, device: str) -> torch.nn.Module:

@@ -157,6 +157,9 @@ def test_module_is_stylegan2_layer_and_checks_its_arguments(backend_device):
             layer(x[:6])
     with pytest.raises(ValueError, match="argument 'group_size' must be a positive int"):
         fastsn.nn.MinibatchStdDev(0)
+    # group_size=None: the whole batch is one group (StyleGAN2-ADA)
+    with fastsn.use_backend(backend):
+        torch.testing.assert_close(fastsn.nn.MinibatchStdDev(None)(x[:6]), stylegan2_formula(x[:6], 6, 1).float())
 
 
 class PlainStdDev(torch.nn.Module):

@@ -18,10 +18,10 @@ class MinibatchDiscrimination(torch.nn.Module):
         in_features: F, the features of the input (N, F).
         out_features: B, the number of similarity kernels (features appended).
         kernel_dims: C, the dims of each kernel.
-        mean: divide o by N - 1, the number of other samples (torchgan's ``mean``). A batch of one sample has no
-            other sample: o is then 0 (not 0 / 0).
-        bias: add a learned per-kernel bias ``bias`` (out_features,), initialized to zeros, to o (after ``mean``), as
-            in the original paper's code (improved-gan's MinibatchLayer).
+        mean: divide o by N - 1, the number of other samples (a common variant; torchgan has no such option). A
+            batch of one sample has no other sample: o is then 0 (not 0 / 0).
+        bias: add a learned per-kernel bias ``bias`` (out_features,), initialized to -1, to o (after ``mean``), as
+            in the original paper's code (improved-gan's MinibatchLayer: ``b = Constant(-1.)``).
     """
 
     def __init__(self, in_features: int, out_features: int, kernel_dims: int = 16, *, mean: bool = False,
@@ -33,14 +33,14 @@ class MinibatchDiscrimination(torch.nn.Module):
                 raise ValueError(f"MinibatchDiscrimination(): argument '{name}' must be a positive int, got {value!r}")
         self.in_features, self.out_features, self.kernel_dims, self.mean = in_features, out_features, kernel_dims, mean
         self.T = torch.nn.Parameter(torch.empty(in_features, out_features, kernel_dims))
-        self.bias = torch.nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.bias = torch.nn.Parameter(torch.empty(out_features)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """T ~ N(0, 1) (torchgan's initialization); bias = 0."""
+        """T ~ N(0, 1) (torchgan's initialization); bias = -1 (improved-gan's)."""
         torch.nn.init.normal_(self.T, 0.0, 1.0)
         if self.bias is not None:
-            torch.nn.init.zeros_(self.bias)
+            torch.nn.init.constant_(self.bias, -1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (N, in_features). Returns: cat([x, o], 1), (N, in_features + out_features)."""
@@ -48,6 +48,9 @@ class MinibatchDiscrimination(torch.nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"MinibatchDiscrimination.forward(): argument 'x' must have shape (N, {self.in_features}) "
                              f"(in_features={self.in_features}), got {shape}")
+        if not x.is_floating_point():
+            raise TypeError(f"MinibatchDiscrimination.forward(): argument 'x' must be a floating-point tensor, got "
+                            f"{x.dtype}")
         n = x.shape[0]
         m = (x @ self.T.view(self.in_features, -1).to(x.dtype)).view(n, self.out_features, self.kernel_dims)
         o = minibatch_l1_similarity(m)

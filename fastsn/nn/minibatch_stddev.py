@@ -2,6 +2,8 @@
 op ``fastsn.ops.minibatch_stddev``."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from fastsn.ops.minibatch_stddev import minibatch_stddev
@@ -16,20 +18,25 @@ class MinibatchStdDev(torch.nn.Module):
     (N, C, H, W), (N, C) (an MLP discriminator: output (N, C + num_channels)) or (N, C, *spatial).
 
     Args:
-        group_size: samples per group (upper bound: a smaller batch forms one group).
+        group_size: samples per group (upper bound: a smaller batch forms one group); None: the whole batch is one
+            group (as StyleGAN2-ADA's ``group_size=None``).
         num_channels: statistics appended per sample, each over C / num_channels channels; must divide C.
     """
 
-    def __init__(self, group_size: int = 4, num_channels: int = 1) -> None:
+    def __init__(self, group_size: Optional[int] = 4, num_channels: int = 1) -> None:
         super().__init__()
         for name, value in (("group_size", group_size), ("num_channels", num_channels)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"MinibatchStdDev(): argument '{name}' must be a positive int, got {value!r}")
+            if value is None and name == "group_size":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"MinibatchStdDev(): argument '{name}' must be a positive int"
+                                 f"{' or None' if name == 'group_size' else ''}, got {value!r}")
         self.group_size, self.num_channels = group_size, num_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (N, C, *spatial). Returns: (N, C + num_channels, *spatial)."""
-        return minibatch_stddev(x, self.group_size, self.num_channels)
+        group_size = self.group_size if self.group_size is not None else max(x.shape[0], 1) if x.dim() else 1
+        return minibatch_stddev(x, group_size, self.num_channels)
 
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}, num_channels={self.num_channels}"

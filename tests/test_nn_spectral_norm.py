@@ -253,6 +253,7 @@ ERROR_CASES = [
     ("dim too negative", lambda sn: sn(torch.nn.Linear(3, 4), dim=-3)),
     ("uninitialized", lambda sn: sn(torch.nn.LazyLinear(4))),
     ("twice", lambda sn: sn(sn(torch.nn.Linear(3, 4)))),
+    ("fractional iterations", lambda sn: sn(torch.nn.Linear(3, 4), n_power_iterations=1.5)(torch.randn(2, 3))),
 ]
 
 

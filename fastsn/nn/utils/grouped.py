@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -36,15 +37,16 @@ def _entries(model: torch.nn.Module) -> list[_Entry]:
                 # only a spectral norm that is the whole parametrization reads `original` directly
                 if (len(parametrizations) == 1 and isinstance(fn, _SpectralNorm) and weight is not None
                         and weight.ndim > 1 and not weight.is_complex()):
+                    iterations = operator.index(fn.n_power_iterations) if fn.training else 0  # torch's TypeError
                     entries.append(_Entry((id(fn), 0), weight, weight.shape, fn._buffers["_u"], fn._buffers["_v"],
-                                          fn.dim, fn.n_power_iterations if fn.training else 0, fn.eps, True))
+                                          fn.dim, iterations, fn.eps, True))
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, SpectralNorm) and not module._parameters[hook.name + "_orig"].is_complex():
                 weight = module._parameters[hook.name + "_orig"]
                 matrix = weight.unsqueeze(1) if weight.ndim == 1 else weight
+                iterations = operator.index(hook.n_power_iterations) if module.training else 0
                 entries.append(_Entry((id(hook), id(module)), matrix, weight.shape, module._buffers[hook.name + "_u"],
-                                      module._buffers[hook.name + "_v"], hook.dim,
-                                      hook.n_power_iterations if module.training else 0, hook.eps, False))
+                                      module._buffers[hook.name + "_v"], hook.dim, iterations, hook.eps, False))
     return entries
 
 

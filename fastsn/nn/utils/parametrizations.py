@@ -11,6 +11,7 @@ replaces sigma, so the result is 0 where torch gives NaN.
 from __future__ import annotations
 
 import contextlib
+import operator
 from typing import ContextManager, Optional
 
 import torch
@@ -93,7 +94,8 @@ class _SpectralNorm(_TorchSpectralNorm):
         precomputed = _grouped.lookup(self)
         if precomputed is not None:
             return precomputed
-        iterations = self.n_power_iterations if self.training else 0
+        # operator.index: a non-int count raises torch's TypeError (from its range()), not the op's schema error
+        iterations = operator.index(self.n_power_iterations) if self.training else 0
         sigma, u, v = spectral_norm_power_iteration(weight, self._u, self._v, self.dim, iterations, self.eps, True)
         return spectral_norm_normalize(weight, u, v, sigma, self.dim, self.eps)
 

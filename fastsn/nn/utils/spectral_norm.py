@@ -9,6 +9,7 @@ One deliberate difference: where |sigma| < eps (an all-zero weight) eps replaces
 """
 from __future__ import annotations
 
+import operator
 import sys
 from typing import TypeVar
 
@@ -38,7 +39,8 @@ class SpectralNorm(_torch_legacy.SpectralNorm):
         v = getattr(module, self.name + "_v")
         # A 1-D weight is the (h, 1) matrix of the hook API (the parametrizations API normalizes it exactly).
         matrix = weight.unsqueeze(1) if weight.dim() == 1 else weight
-        iterations = self.n_power_iterations if do_power_iteration else 0
+        # operator.index: a non-int count raises torch's TypeError (from its range()), not the op's schema error
+        iterations = operator.index(self.n_power_iterations) if do_power_iteration else 0
         sigma, u_copy, v_copy = spectral_norm_power_iteration(matrix, u, v, self.dim, iterations, self.eps, False)
         return spectral_norm_normalize(matrix, u_copy, v_copy, sigma, self.dim, self.eps).view_as(weight)
 

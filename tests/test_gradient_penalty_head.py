@@ -135,3 +135,11 @@ def test_gradient_penalty_is_the_same_on_every_backend(backend_device):
         torch.testing.assert_close(penalty, expected, msg=str(kind))
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=str(kind))
+
+
+def test_public_names():
+    """The head op is reachable where the README names it, beside the other functional ops."""
+    grad = torch.randn(4, 3, dtype=torch.float64)
+    mode = fastsn.ops.MODES["wgan-gp"]
+    torch.testing.assert_close(fastsn.ops.gradient_penalty_head(grad, mode, 10.0, 1.0),
+                               fastsn.ops.gradient_penalty_head_ref(grad, mode, 10.0, 1.0)[0])

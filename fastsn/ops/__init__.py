@@ -8,5 +8,5 @@ from fastsn.ops.minibatch_l1_similarity import minibatch_l1_similarity, minibatc
 from fastsn.ops.minibatch_stddev import minibatch_stddev, minibatch_stddev_ref
 
 __all__ = ["BUILD_INFO_FIELDS", "MODES", "bias_leaky_relu", "bias_leaky_relu_ref", "build_info", "build_info_ref",
-           "gradient_penalty_head", "gradient_penalty_head_ref", "interpolate", "interpolate_ref", "minibatch_l1_similarity", "minibatch_l1_similarity_ref",
-           "minibatch_stddev", "minibatch_stddev_ref"]
+           "gradient_penalty_head", "gradient_penalty_head_ref", "interpolate", "interpolate_ref",
+           "minibatch_l1_similarity", "minibatch_l1_similarity_ref", "minibatch_stddev", "minibatch_stddev_ref"]

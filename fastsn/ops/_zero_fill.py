@@ -9,6 +9,8 @@ So the leaves that the pass would have reached get zeros at its end, where nothi
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 # per running backward pass (graph task id): the autograd nodes walked, the AccumulateGrad nodes found, and whether
@@ -16,28 +18,20 @@ import torch
 _tasks: dict[int, list] = {}
 
 
-def _accumulates_into(node) -> bool:
-    """Whether the running backward pass accumulates into the leaf of this AccumulateGrad node."""
+def _will_execute(node) -> Optional[bool]:
+    """Whether the running backward pass executes this node; None where the engine refuses to say (an AccumulateGrad
+    node under autograd.grad(), which accumulates into no leaf)."""
     try:
         return torch._C._will_engine_execute_node(node)
-    except RuntimeError:  # raised for leaves under autograd.grad(), which accumulates into none
-        return False
-
-
-def _is_grad_call(node) -> bool:
-    """Whether the running pass is an autograd.grad(), which raises on asking about this AccumulateGrad node."""
-    try:
-        torch._C._will_engine_execute_node(node)
-        return False
     except RuntimeError:
-        return True
+        return None
 
 
 def _fill_leaves(task: int) -> None:
     """Runs at the end of the pass (an engine callback, still inside it)."""
     for node in _tasks.pop(task)[1]:
         leaf = node.variable
-        if leaf.grad is None and _accumulates_into(node):
+        if leaf.grad is None and _will_execute(node):
             leaf.grad = torch.zeros_like(leaf)
 
 
@@ -50,8 +44,9 @@ def zero_fill_leaves_below(node, edge: int = 0) -> bool:
         edge: the index of that input among the node's ``next_functions``.
 
     Returns:
-        True where the pass is an autograd.grad() that wants a gradient below that input: it accumulates into no
-        leaf, so the caller should send the zero gradient itself (the pass then computes what it asked for).
+        True where the caller should send the zero gradient itself instead: a leaf right below (the zero costs
+        nothing there), or an autograd.grad() that wants a gradient below that input (it accumulates into no leaf;
+        the pass then computes what it asked for). Nothing is filled in then.
     """
     below = node.next_functions[edge][0]
     if below is None:
@@ -77,5 +72,5 @@ def zero_fill_leaves_below(node, edge: int = 0) -> bool:
         else:
             stack.extend(below for below, _ in following.next_functions if below is not None)
     if entry[2] is None and accumulators:
-        entry[2] = _is_grad_call(accumulators[0])
+        entry[2] = _will_execute(accumulators[0]) is None
     return bool(entry[2])

@@ -385,19 +385,19 @@ def _grouped_normalize_grads(ctx, grads: list, backward_op: str) -> list[Optiona
     None for a weight whose W_sn got no gradient (unused in the block), as layer by layer."""
     us, vs, sigmas, *weights = ctx.saved_tensors
     used = [k for k, grad in enumerate(grads) if grad is not None]
-    if len(used) < len(grads):
-        if not used:
-            return [None] * len(grads)
+    if not used:
+        return [None] * len(grads)
+    if len(used) < len(grads):  # the flat vectors of the used weights only
         u, v, _ = split_grouped_vectors(weights, us, vs, sigmas, ctx.dims)
         us, vs, sigmas = torch.cat([u[k] for k in used]), torch.cat([v[k] for k in used]), sigmas[used]
-    pick = (lambda values: [values[k] for k in used]) if len(used) < len(grads) else list
-    grads_used, weights_used, dims, eps = pick(grads), pick(weights), pick(ctx.dims), pick(ctx.eps)
+    grads_used, weights_used = [grads[k] for k in used], [weights[k] for k in used]
+    dims, eps = [ctx.dims[k] for k in used], [ctx.eps[k] for k in used]
     if torch.is_grad_enabled():
         u, v, sigma = split_grouped_vectors(weights_used, us, vs, sigmas, dims)
         computed = [spectral_norm_normalize_backward_ref(*args)
                     for args in zip(grads_used, weights_used, u, v, sigma, dims, eps)]
     else:
-        computed = list(getattr(torch.ops.fastsn, backward_op)(grads_used, weights_used, us, vs, sigmas, dims, eps))
+        computed = getattr(torch.ops.fastsn, backward_op)(grads_used, weights_used, us, vs, sigmas, dims, eps)
     result: list[Optional[torch.Tensor]] = [None] * len(grads)
     for k, grad_weight in zip(used, computed):
         result[k] = grad_weight

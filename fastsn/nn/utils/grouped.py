@@ -41,8 +41,10 @@ def _entries(model: torch.nn.Module) -> list[_Entry]:
                     entries.append(_Entry((id(fn), 0), weight, weight.shape, fn._buffers["_u"], fn._buffers["_v"],
                                           fn.dim, iterations, fn.eps, True))
         for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, SpectralNorm) and not module._parameters[hook.name + "_orig"].is_complex():
-                weight = module._parameters[hook.name + "_orig"]
+            if not isinstance(hook, SpectralNorm):
+                continue
+            weight = module._parameters[hook.name + "_orig"]
+            if not weight.is_complex():
                 matrix = weight.unsqueeze(1) if weight.ndim == 1 else weight
                 iterations = operator.index(hook.n_power_iterations) if module.training else 0
                 entries.append(_Entry((id(hook), id(module)), matrix, weight.shape, module._buffers[hook.name + "_u"],

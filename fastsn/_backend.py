@@ -33,6 +33,10 @@ BACKENDS = ("auto", "cuda", "triton", "cpu", "ref")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "ref"), "cpu": ("cpu", "ref")}
 _context: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("fastsn_backend", default=None)
 _triton_import_errors: dict[str, str] = {}
+# auto's choice per (op, device, the unavailable_reason it was found with): which kernels are built, loaded and
+# match the GPU does not change in a process, and every op call resolves (found afresh, it cost about 20 us per
+# call inside a training step on the 2-core VM, where the matmuls between calls evict the Python from the cache)
+_auto_choices: dict[tuple, str] = {}
 # An op family (one name in every tree) holds several schemas; this one proves a build has the family.
 _PROBE_SCHEMA = {"spectral_norm": "spectral_norm_power_iteration", "gradient_penalty": "gradient_penalty_head"}
 
@@ -150,15 +154,18 @@ def resolve(op: str, device: Union[torch.device, str], backend: Optional[str] = 
         BackendUnavailableError: a backend requested by name cannot run here.
         ValueError: an unknown backend name.
     """
-    device = torch.device(device)
+    device = device if isinstance(device, torch.device) else torch.device(device)
     name, source = requested(backend)
-    if name == "auto" and torch._C._are_functorch_transforms_active():
-        return "ref"  # torch.func transforms cannot run the kernels' autograd (C++-defined ops): the twin can
     if name == "auto":
-        for candidate in _AUTO_ORDER.get(device.type, ("ref",)):
-            if unavailable_reason(candidate, op, device) is None:
-                return candidate
-        return "ref"
+        if torch._C._are_functorch_transforms_active():
+            return "ref"  # torch.func transforms cannot run the kernels' autograd (C++-defined ops): the twin can
+        key = (op, device, unavailable_reason)
+        choice = _auto_choices.get(key)
+        if choice is None:
+            candidates = _AUTO_ORDER.get(device.type, ("ref",))
+            choice = next((c for c in candidates if unavailable_reason(c, op, device) is None), "ref")
+            _auto_choices[key] = choice
+        return choice
     reason = unavailable_reason(name, op, device)
     if reason is not None:
         raise BackendUnavailableError(f"fastsn.{op}: backend {name!r} (from {source}) is unavailable: {reason}.")

@@ -107,6 +107,17 @@ def _triton_reason(op: str, device: torch.device) -> Optional[str]:
     return _triton_import_errors[op] or None
 
 
+def _differentiating_transform_active() -> bool:
+    """Whether a torch.func grad or jvp transform is running (grad, vjp, jacrev, jacfwd, hessian, jvp): those
+    cannot differentiate ops defined in C++ (an explicit kernel backend gives no gradient, or a zero tangent);
+    vmap alone runs the kernels, batched one sample at a time."""
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters())
+
+
 def unavailable_reason(name: str, op: str, device: Union[torch.device, str]) -> Optional[str]:
     """Why backend ``name`` cannot run ``op`` on tensors of ``device``, with how to fix it; None if it can.
 
@@ -118,6 +129,9 @@ def unavailable_reason(name: str, op: str, device: Union[torch.device, str]) -> 
     device = torch.device(device)
     if name == "ref":
         return None
+    if _differentiating_transform_active():
+        return ("torch.func's grad and jvp transforms (grad, vjp, jacrev, jacfwd, hessian, jvp) cannot differentiate "
+                "the compiled kernels; inside them use backend 'ref', or 'auto', which takes it there")
     if name == "triton":
         return _triton_reason(op, device)
     wanted = {"cpu": "cpu", "cuda": "cuda"}[name]

@@ -144,6 +144,23 @@ def test_end_to_end_precedence_reaches_the_kernels(monkeypatch):
     assert build_info(x)[0].item() == BACKEND_CODES["cpu"]
 
 
+@pytest.mark.skipif(not _extension.loaded(), reason="needs fastsn._C")
+def test_named_kernel_backend_under_torch_func_grad_and_jvp_raises(monkeypatch):
+    """torch.func's grad and jvp cannot differentiate the compiled kernels: a kernel backend asked for by name
+    raises there (before, jvp gave a zero tangent); vmap alone runs them; auto takes the reference."""
+    monkeypatch.delenv("FASTSN_BACKEND", raising=False)
+    x, tangent = torch.randn(4, 5), torch.randn(4, 5)
+    reference = fastsn.ops.bias_leaky_relu_ref(x)
+    with fastsn.use_backend("cpu"):
+        with pytest.raises(fastsn.BackendUnavailableError, match="torch.func's grad and jvp"):
+            torch.func.grad(lambda x: fastsn.ops.bias_leaky_relu(x).sum())(x)
+        with pytest.raises(fastsn.BackendUnavailableError, match="torch.func's grad and jvp"):
+            torch.func.jvp(fastsn.ops.bias_leaky_relu, (x,), (tangent,))
+        torch.testing.assert_close(torch.vmap(fastsn.ops.bias_leaky_relu)(x), reference)
+    _, auto_tangent = torch.func.jvp(fastsn.ops.bias_leaky_relu, (x,), (tangent,))
+    torch.testing.assert_close(auto_tangent, torch.func.jvp(fastsn.ops.bias_leaky_relu_ref, (x,), (tangent,))[1])
+
+
 def test_available_backends_lists_ref_everywhere():
     assert fastsn.available_backends("build_info", "cpu")[-1] == "ref"
     assert fastsn.available_backends("build_info", "meta") == ["ref"]

@@ -326,27 +326,33 @@ def test_zero_weight_gives_zero_not_nan(backend_device):
 
 
 @pytest.mark.parametrize("api", APIS)
-@pytest.mark.parametrize("transform", ["jacrev", "vmap", "jvp", "grad-of-parameters"])
-def test_torch_func_transforms_match_torch(api, transform):
-    """torch.func transforms run through fastsn layers as through torch's (under them, auto takes the reference:
-    they cannot run the autograd of ops defined in C++)."""
+@pytest.mark.parametrize("transform", ["jacrev", "vmap", "jvp", "grad", "grad-of-parameters"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_torch_func_transforms_match_torch(api, transform, training):
+    """torch.func transforms run through fastsn layers as through torch's, in training mode too, where the power
+    iteration writes u and v in place (under them, auto takes the reference: they cannot run the autograd of ops
+    defined in C++)."""
     reference, ours = _twins(api, lambda: torch.nn.Linear(4, 3).double())
     x = torch.randn(2, 4, dtype=torch.float64)
     batch = torch.randn(5, 2, 4, dtype=torch.float64)
     results = []
     for module in (reference, ours):
-        module.eval()
+        module.train(training)
         if transform == "jacrev":
             results.append(torch.func.jacrev(module)(x))
         elif transform == "vmap":
             results.append(torch.vmap(module)(batch))
         elif transform == "jvp":
             results.append(torch.func.jvp(module, (x,), (torch.ones_like(x),))[1])
+        elif transform == "grad":
+            results.append(torch.func.grad(lambda x: module(x).square().sum())(x))
         else:
             params = dict(module.named_parameters())
             grads = torch.func.grad(lambda p: torch.func.functional_call(module, p, (x,)).square().sum())(params)
             results.append(grads[sorted(grads)[0]])
-    torch.testing.assert_close(results[1], results[0])
+        results.append(dict(module.named_buffers()))
+    torch.testing.assert_close(results[2], results[0])
+    torch.testing.assert_close(results[3], results[1])
 
 
 @pytest.mark.parametrize("api", APIS)

@@ -115,8 +115,11 @@ def spectral_norm_power_iteration_ref(weight: torch.Tensor, u: torch.Tensor, v: 
             v_acc = F.normalize(torch.mv(m.t(), u_acc), dim=0, eps=eps)
             u_acc = F.normalize(torch.mv(m, v_acc), dim=0, eps=eps)
     if n_power_iterations > 0:
-        u.copy_(u_acc)
-        v.copy_(v_acc)
+        # written by an out= op, not copy_: torch.func's grad transforms refuse an in-place op on a tensor captured
+        # from outside the transformed function (u and v are a module's buffers) but take out=, as torch's own
+        # spectral norm writes them; x * 1 is x exactly (-0 and NaN included)
+        torch.mul(u_acc, 1, out=u)
+        torch.mul(v_acc, 1, out=v)
     sigma = torch.dot(u.to(acc), torch.mv(m, v.to(acc)))
     return sigma, u.clone(memory_format=torch.contiguous_format), v.clone(memory_format=torch.contiguous_format)
 

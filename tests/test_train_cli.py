@@ -236,6 +236,11 @@ def test_bad_values_name_the_option(argv, message, capsys):
     ('{"steps": [1, 2]}', "argument --steps: must be a single value"),
     ("[1, 2]", "must hold a table of settings"),
     ("{oops", "is not valid JSON"),
+    # the settings' own checks, after parsing
+    ('{"strengthen": "foo"}', "(--config {path}): error: --strengthen: invalid value 'foo'"),
+    ('{"device": "tpu"}', "(--config {path}): error: --device: 'tpu' is not a device"),
+    ('{"pack": 3, "batch_size": 10}', "(--config {path}): error: --batch-size: 10 is not divisible by --pack 3"),
+    ('{"lr_decay": true, "lr_schedule": "cosine"}', "(--config {path}): error: --lr-decay: is --lr-schedule decay"),
 ])
 def test_bad_config_file_values_name_the_option_and_file(content, message, tmp_path, capsys):
     path = tmp_path / "bad.json"
@@ -244,6 +249,15 @@ def test_bad_config_file_values_name_the_option_and_file(content, message, tmp_p
         cli.main(["--config", str(path), "--quiet"])
     assert exc.value.code == 2
     assert message.format(path=path) in capsys.readouterr().err
+
+
+def test_bad_command_line_value_with_a_config_file_names_no_file(tmp_path, capsys):
+    path = tmp_path / "good.json"
+    path.write_text('{"steps": 5}')
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--config", str(path), "--strengthen", "foo", "--quiet"])
+    assert exc.value.code == 2
+    assert "fastsn-train: error: --strengthen: invalid value 'foo'" in capsys.readouterr().err
 
 
 def test_missing_config_file(tmp_path, capsys):

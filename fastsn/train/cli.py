@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import sys
 import time
 from typing import Optional, Sequence
@@ -189,16 +190,33 @@ def parse(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, set
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    from_file = set()
     if args.config:
         tokens = _read_config(args.config, parser)
-        file_parser = build_parser()
-        file_parser.prog = f"fastsn-train (--config {args.config})"  # errors name the file
-        file_args = file_parser.parse_args(tokens)
+        file_args = _config_parser(args.config).parse_args(tokens)
         for key, value in vars(file_args).items():
             if getattr(args, key) is None and value is not None:
                 setattr(args, key, value)
+                from_file.add(key)
     given = {key for key, value in vars(args).items() if value is not None}
+    args.from_config = from_file  # (set after `given`, which it is not part of)
     return args, given
+
+
+def _config_parser(path: str) -> argparse.ArgumentParser:
+    """The parser whose errors name the --config file (for a value read from it)."""
+    parser = build_parser()
+    parser.prog = f"fastsn-train (--config {path})"
+    return parser
+
+
+def _error_parser(args: argparse.Namespace, message: str) -> argparse.ArgumentParser:
+    """The parser to report ``message`` (a setting's check, "--option: ...") with: it names the --config file
+    when an option the message names took its value from that file."""
+    named = {option[2:].replace("-", "_") for option in re.findall(r"--[a-z][a-z0-9-]*", message)}
+    if args.config and named & getattr(args, "from_config", set()):
+        return _config_parser(args.config)
+    return build_parser()
 
 
 def _train_config(args: argparse.Namespace, **overrides) -> TrainConfig:
@@ -430,11 +448,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``fastsn-train``. Returns the exit status (1 when --compare exceeds its tolerance)."""
     from fastsn.train import report
     args, given = parse(argv)
-    parser = build_parser()
     try:
         _train_config(args).validate()
     except ValueError as e:
-        parser.error(str(e))
+        _error_parser(args, str(e)).error(str(e))
     torch.set_num_threads(args.threads or 1)
     rank, world = _init_distributed(args.device)
     out = pathlib.Path(args.out or "fastsn-train-out")
@@ -464,7 +481,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{payload['seconds']:.0f} s; report: {out / 'report.json'}")
     except (ValueError, RuntimeError) as e:
         if isinstance(e, ValueError) and str(e).startswith("--"):
-            parser.error(str(e))
+            _error_parser(args, str(e)).error(str(e))
         raise
     finally:
         if world > 1:

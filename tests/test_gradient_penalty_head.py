@@ -100,6 +100,29 @@ def test_registered_autograd_matches_eager_function(backend, device, mode):
         torch.testing.assert_close(registered, eager)
 
 
+@pytest.mark.parametrize("mode", [0, 1])
+def test_nan_row_propagates_to_value_and_its_gradient(backend_device, mode):
+    """A NaN gradient row gives a NaN penalty (Triton's one-sided mode used to clamp it to 0) and a NaN gradient
+    on the whole row, as autograd through the norm; other rows are untouched."""
+    backend, device = backend_device
+    grad = torch.tensor([[float("nan"), 1.0], [1.0, 2.0]], device=device, requires_grad=True)
+    penalty = head.gradient_penalty_head(grad, mode, 1.0, 1.0, backend=backend)
+    penalty.backward()
+    reference = grad.detach().clone().requires_grad_(True)
+    _autograd_penalty(reference, mode, 1.0, 1.0).backward()
+    assert torch.isnan(penalty)
+    assert torch.isnan(grad.grad[0]).all()
+    torch.testing.assert_close(grad.grad[1], reference.grad[1].float())
+
+
+@pytest.mark.parametrize("mode", [1.5, 1.0, "r1", None], ids=str)
+def test_mode_must_be_an_int(backend_device, mode):
+    """A float mode is refused, not truncated by the kernels' int argument."""
+    backend, device = backend_device
+    with pytest.raises(RuntimeError, match="argument 'mode' must be 0, 1 or 2"):
+        head.gradient_penalty_head(torch.ones(2, 2, device=device), mode, 1.0, 1.0, backend=backend)
+
+
 @pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_kernels_check_their_arguments(backend, device):
     _backend.resolve(OP, device, backend)

@@ -165,6 +165,16 @@ def test_bad_input_names_the_argument(backend_device, bad, message):
         ip.interpolate(args["real"], args["fake"], args["eps"], backend=backend)
 
 
+@pytest.mark.parametrize("arg", ["fake", "eps"])
+def test_non_tensor_argument_is_a_type_error_naming_it(backend_device, arg):
+    backend, device = backend_device
+    args = dict(real=torch.randn(3, 4, device=device), fake=torch.randn(3, 4, device=device),
+                eps=torch.rand(3, device=device))
+    args[arg] = 0.5
+    with pytest.raises(TypeError, match=f"argument '{arg}' must be a Tensor"):
+        ip.interpolate(args["real"], args["fake"], args["eps"], backend=backend)
+
+
 @pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_kernels_check_their_own_arguments(backend, device):
     """Called directly (no Python checks in front), the kernels refuse bad input with the argument's name."""

@@ -133,6 +133,14 @@ def test_bad_input_names_the_argument(backend_device, bad, message):
         msd.minibatch_stddev(*bad(device), backend=backend)
 
 
+@pytest.mark.parametrize("group_size, num_channels", [(1.5, 1), (2.0, 1), (True, 1), (2, 1.0)], ids=str)
+def test_non_int_sizes_are_a_type_error(backend_device, group_size, num_channels):
+    """A float is not truncated by the kernels' int arguments; every backend refuses it alike."""
+    backend, device = backend_device
+    with pytest.raises(TypeError, match="must be an int"):
+        msd.minibatch_stddev(torch.randn(4, 2, device=device), group_size, num_channels, backend=backend)
+
+
 @pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_kernels_check_their_own_arguments(backend, device):
     suffix = "_triton" if backend == "triton" else ""

@@ -183,6 +183,7 @@ BAD_ARGS = [
     (lambda d: dict(v=torch.ones(3, device=d)), "argument 'v' must have shape"),
     (lambda d: dict(u=torch.ones(3, dtype=torch.float64, device=d)), "must have the dtype of 'weight'"),
     (lambda d: dict(n_power_iterations=-1), "argument 'n_power_iterations' must be >= 0"),
+    (lambda d: dict(u=torch.ones(1, device=d).expand(3)), "argument 'u' is updated in place and must not be expanded"),
 ]
 
 
@@ -198,6 +199,57 @@ def test_bad_input_names_the_argument(backend_device, bad, message):
 
 
 KERNEL_PAIRS = kernel_pairs(OP)
+
+
+NORMALIZE_BAD_ARGS = [
+    (lambda d: dict(weight=torch.ones(3, 4, dtype=torch.int32, device=d)), "argument 'weight' must be float16"),
+    (lambda d: dict(weight=torch.ones(4, device=d)), "argument 'weight' must have at least 2 dimensions"),
+    (lambda d: dict(dim=2), "argument 'dim' must be in"),
+    (lambda d: dict(u=torch.ones(3, dtype=torch.float64, device=d)), "must have the dtype of 'weight'"),
+    (lambda d: dict(sigma=torch.ones(2, device=d)), "argument 'sigma' must hold one value"),
+    (lambda d: dict(sigma=torch.ones((), dtype=torch.int64, device=d)), "argument 'sigma' must be float16"),
+    # a meta tensor among real ones routes the call to the fake kernel, which used to return uninitialized memory
+    (lambda d: dict(sigma=torch.ones((), device="meta")), "argument 'sigma' must be on the device of 'weight'"),
+    (lambda d: dict(u=torch.ones(3, device="meta")), "must be on the device of 'weight'"),
+]
+
+
+@pytest.mark.parametrize("bad, message", NORMALIZE_BAD_ARGS,
+                         ids=[m.split("'")[1] + str(i) for i, (_, m) in enumerate(NORMALIZE_BAD_ARGS)])
+def test_normalize_bad_input_names_the_argument(backend_device, bad, message):
+    """Every backend (the reference too) checks the normalize and its backward alike."""
+    backend, device = backend_device
+    args = dict(weight=torch.randn(3, 4, device=device), u=torch.ones(3, device=device) / 3 ** 0.5,
+                v=torch.ones(4, device=device) / 2, sigma=torch.tensor(1.5, device=device), dim=0)
+    args.update(bad(device))
+    with pytest.raises(RuntimeError, match=message):
+        sn.spectral_norm_normalize(args["weight"], args["u"], args["v"], args["sigma"], args["dim"], backend=backend)
+    if args["weight"].is_floating_point():
+        suffix = "_triton" if backend == "triton" else ""
+        op = sn.spectral_norm_normalize_backward_ref if backend == "ref" else getattr(
+            torch.ops.fastsn, "spectral_norm_normalize_backward" + suffix)
+        with pytest.raises(RuntimeError, match=message):
+            op(torch.ones_like(args["weight"]), args["weight"], args["u"], args["v"], args["sigma"], args["dim"], 1e-12)
+
+
+def test_normalize_with_subnormal_sigma_divides(backend_device):
+    """|sigma| below 1 / FLT_MAX (reachable with eps = 0): 1 / sigma overflows, W / sigma does not; the CPU
+    kernels multiplied by the reciprocal and gave inf and NaN."""
+    backend, device = backend_device
+    weight = torch.tensor([[1e-40, 0.0, 2e-40], [3e-40, 4e-40, 0.0]], device=device, requires_grad=True)
+    u, v = torch.tensor([0.6, 0.8], device=device), torch.tensor([0.0, 1.0, 0.0], device=device)
+    sigma, _, _ = sn.spectral_norm_power_iteration_ref(weight.detach(), u.clone(), v.clone(), 0, 0, 0.0)
+    assert 0 < sigma.item() < 1e-38
+    out = sn.spectral_norm_normalize(weight, u, v, sigma, 0, 0.0, backend=backend)
+    expected = sn.spectral_norm_normalize_ref(weight, u, v, sigma, 0, 0.0)
+    torch.testing.assert_close(out, expected)
+    assert torch.isfinite(out).all()
+    if backend == "ref":
+        return  # autograd through W / sigma(W) squares sigma, which underflows: NaN, as with torch's spectral norm
+    grad = torch.tensor([[1e-40, 0.0, 0.0], [0.0, 1e-40, 0.0]], device=device)
+    (ours,) = torch.autograd.grad(out, weight, grad)
+    torch.testing.assert_close(ours, sn.spectral_norm_normalize_backward_ref(grad, weight, u, v, sigma, 0, 0.0))
+    assert torch.isfinite(ours).all()
 
 
 @pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
@@ -335,6 +387,24 @@ def test_grouped_bad_input_names_the_argument(backend_device):
                                                                       [True] * 4, backend=backend)
     with pytest.raises(RuntimeError, match="'us' and 'vs' must hold|'sigmas' must hold|argument 'eps' must hold"):
         sn.spectral_norm_grouped_normalize(weights, u_flat[1:], v_flat, sigmas, dims, [1e-12] * 4, backend=backend)
+    # every backend checks alike (each case once differed between the reference, C++ and Triton)
+    eps = [1e-12] * 4
+    for bad, message in [
+        (dict(sigmas=sigmas[0]), "must be 1-D"),
+        (dict(sigmas=sigmas[None]), "must be 1-D"),
+        (dict(dims=[0, 0, 0, 5]), "weight 3 must have at least 2 dimensions and 'dims' within them"),
+        (dict(us=u_flat.double()), "must have the dtype of the weights"),
+    ]:
+        args = dict(weights=weights, us=u_flat, vs=v_flat, sigmas=sigmas, dims=dims, eps=eps) | bad
+        with pytest.raises(RuntimeError, match=message):
+            sn.spectral_norm_grouped_normalize(**args, backend=backend)
+    with pytest.raises(RuntimeError, match="argument 'weights' must share one device and dtype"):
+        sn.spectral_norm_grouped_power_iteration([weights[0], weights[1].double()], us[:2], [vs[0], vs[1].double()],
+                                                 dims[:2], [1] * 2, eps[:2], [True] * 2, backend=backend)
+    with pytest.raises(RuntimeError, match="argument 'weights' must not be empty"):
+        sn.spectral_norm_grouped_power_iteration([], [], [], [], [], [], [], backend=backend)
+    empty = torch.zeros(0, device=device)
+    assert sn.spectral_norm_grouped_normalize([], empty, empty, empty, [], [], backend=backend) == []
 
 
 @pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])

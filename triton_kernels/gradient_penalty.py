@@ -34,9 +34,9 @@ def _penalty_rows_kernel(grad_ptr, d_grad_ptr, phi_ptr, params_ptr, features, MO
         n = tl.sqrt(s)
         gap = n - center
         if MODE == 1:
-            gap = tl.maximum(gap, 0.0)
+            gap = tl.where(gap < 0.0, 0.0, gap)  # not maximum: NaN stays NaN
         phi = gap * gap
-        k = tl.where(n > 0, 2.0 * gap / tl.where(n > 0, n, 1.0), 0.0)
+        k = tl.where(n == 0, 0.0, 2.0 * gap / tl.where(n == 0, 1.0, n))  # a NaN norm gives NaN
     factor = (scale * k).to(ACC)
     for start in range(0, features, BLOCK):
         cols = start + tl.arange(0, BLOCK)

@@ -53,8 +53,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastsn.ops._checks import check_floating, check_tensor
-from fastsn.ops.spectral_norm import check_power_iteration_args, opmath_dtype, split_grouped_vectors
+from fastsn.ops.spectral_norm import (check_grouped_normalize_args, check_grouped_power_iteration_args,
+                                      check_normalize_args, check_normalize_backward_grad, check_power_iteration_args,
+                                      opmath_dtype, split_grouped_vectors)
 from fastsn.triton_kernels._common import acc_tl, on_device
 
 OP = "fastsn::spectral_norm"
@@ -345,16 +346,6 @@ def _check_sides(view: _View, op: str) -> None:
                            f"rows and columns, got ({view.h}, {view.w})")
 
 
-def _check_normalize_args(weight, u, v, sigma, dim, eps, op):
-    check_tensor(sigma, op, "sigma")
-    check_power_iteration_args(weight, u, v, dim, 1, eps, op=op)  # the checks shared with the power iteration
-    if sigma.numel() != 1:
-        raise RuntimeError(f"{op}(): argument 'sigma' must hold one value, got shape {tuple(sigma.shape)}")
-    if sigma.device != weight.device:
-        raise RuntimeError(f"{op}(): argument 'sigma' must be on the device of 'weight' ({weight.device})")
-    check_floating(sigma, op, "sigma")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------------------------
@@ -440,7 +431,7 @@ def spectral_norm_normalize_triton(weight: torch.Tensor, u: torch.Tensor, v: tor
         weight / sigma, contiguous, weight's shape and dtype (computed in float32 / float64).
     """
     op = OP + "_normalize"
-    _check_normalize_args(weight, u, v, sigma, dim, eps, op)
+    check_normalize_args(weight, u, v, sigma, dim, op)
     wc = weight.contiguous()
     out = torch.empty_like(wc, memory_format=torch.contiguous_format)
     n = wc.numel()
@@ -466,14 +457,8 @@ def spectral_norm_normalize_backward_triton(grad: torch.Tensor, weight: torch.Te
         dW, contiguous, weight's shape and dtype.
     """
     op = OP + "_normalize_backward"
-    check_tensor(grad, op, "grad")
-    _check_normalize_args(weight, u, v, sigma, dim, eps, op)
-    check_floating(grad, op, "grad")
-    if grad.shape != weight.shape:
-        raise RuntimeError(f"{op}(): argument 'grad' must have the shape of 'weight' ({list(weight.shape)}), "
-                           f"got {list(grad.shape)}")
-    if grad.device != weight.device:
-        raise RuntimeError(f"{op}(): argument 'grad' must be on the device of 'weight' ({weight.device})")
+    check_normalize_args(weight, u, v, sigma, dim, op)
+    check_normalize_backward_grad(grad, weight, op)
     wc, gc = weight.contiguous(), grad.contiguous()
     out = torch.empty_like(wc, memory_format=torch.contiguous_format)
     n = wc.numel()
@@ -501,19 +486,9 @@ def spectral_norm_normalize_backward_triton(grad: torch.Tensor, weight: torch.Te
 
 # Grouped ops (every spectral norm of a model): the single-weight launchers, weight by weight. Unlike the C++ CUDA
 # kernels, which refresh up to 24 small weights in one launch, this costs the single-weight launches per weight.
-def _check_group(op: str, weights: list, **lists: list) -> None:
-    for name, values in lists.items():
-        if len(values) != len(weights):
-            raise RuntimeError(f"{op}(): argument '{name}' must hold one entry per weight ({len(weights)}), "
-                               f"got {len(values)}")
-    if not weights:
-        raise RuntimeError(f"{op}(): argument 'weights' must not be empty")
-
-
 def spectral_norm_grouped_power_iteration_triton(weights, us, vs, dims, n_power_iterations, eps, u_first):
     """Triton implementation of the grouped power iteration: flat (sigmas (n,), u copies, v copies)."""
-    _check_group(OP + "_grouped_power_iteration", weights, us=us, vs=vs, dims=dims,
-                 n_power_iterations=n_power_iterations, eps=eps, u_first=u_first)
+    check_grouped_power_iteration_args(weights, us, vs, dims, n_power_iterations, eps, u_first)
     results = [spectral_norm_power_iteration_triton(*args)
                for args in zip(weights, us, vs, dims, n_power_iterations, eps, u_first)]
     return (torch.stack([r[0] for r in results]), torch.cat([r[1] for r in results]),
@@ -522,14 +497,14 @@ def spectral_norm_grouped_power_iteration_triton(weights, us, vs, dims, n_power_
 
 def spectral_norm_grouped_normalize_triton(weights, us, vs, sigmas, dims, eps):
     """Triton implementation of the grouped normalize: one W / sigma per weight."""
-    _check_group(OP + "_grouped_normalize", weights, sigmas=list(sigmas), dims=dims, eps=eps)
+    check_grouped_normalize_args(weights, us, vs, sigmas, dims, eps)
     u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, dims)
     return [spectral_norm_normalize_triton(*args) for args in zip(weights, u, v, sigma, dims, eps)]
 
 
 def spectral_norm_grouped_normalize_backward_triton(grads, weights, us, vs, sigmas, dims, eps):
     """Triton implementation of the grouped normalize backward: one fused backward per weight."""
-    _check_group(OP + "_grouped_normalize_backward", weights, grads=grads, sigmas=list(sigmas), dims=dims, eps=eps)
+    check_grouped_normalize_args(weights, us, vs, sigmas, dims, eps, OP + "_grouped_normalize_backward", grads)
     u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, dims)
     return [spectral_norm_normalize_backward_triton(*args) for args in zip(grads, weights, u, v, sigma, dims, eps)]
 

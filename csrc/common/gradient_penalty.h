@@ -22,7 +22,8 @@ inline void check_gradient_penalty_head_args(const at::Tensor& grad, int64_t mod
 }
 
 // phi(n) of one sample from its squared norm, and k = phi'(n) / n, so that d phi / d g = k * g (k = 0 at n = 0,
-// as torch's norm backward).
+// as torch's norm backward; a NaN norm gives a NaN k, so the whole row's gradient is NaN, as through autograd).
+// One-sided: gap < 0 is clamped, NaN kept.
 template <typename acc_t>
 C10_HOST_DEVICE inline void penalty_terms(acc_t sumsq, int64_t mode, acc_t center, acc_t* phi, acc_t* k) {
   if (mode == kSquared) {
@@ -34,7 +35,7 @@ C10_HOST_DEVICE inline void penalty_terms(acc_t sumsq, int64_t mode, acc_t cente
   acc_t gap = n - center;
   if (mode == kOneSided && gap < 0) gap = 0;
   *phi = gap * gap;
-  *k = n > 0 ? acc_t(2) * gap / n : acc_t(0);
+  *k = n == acc_t(0) ? acc_t(0) : acc_t(2) * gap / n;
 }
 
 }  // namespace fastsn

@@ -57,6 +57,11 @@ inline void check_power_iteration_args(const at::Tensor& weight, const at::Tenso
   check_spectral_norm_args(weight, u, v, dim, op);
   TORCH_CHECK(n_power_iterations >= 0, op, "(): argument 'n_power_iterations' must be >= 0, got ",
               n_power_iterations);
+  // u and v are written in place: an expanded one (stride 0) would take one element's value in all
+  TORCH_CHECK(n_power_iterations == 0 || u.numel() <= 1 || u.stride(0) != 0, op, "(): argument 'u' is updated in "
+              "place and must not be expanded (elements sharing memory: stride 0)");
+  TORCH_CHECK(n_power_iterations == 0 || v.numel() <= 1 || v.stride(0) != 0, op, "(): argument 'v' is updated in "
+              "place and must not be expanded (elements sharing memory: stride 0)");
   // eps is not checked: torch takes any (F.normalize's floor max(norm, eps); eps <= 0 is no floor)
 }
 

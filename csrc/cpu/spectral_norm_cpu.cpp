@@ -361,10 +361,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> power_iteration_cpu(const at::Ten
   return {sigma, u_copy, v_copy};
 }
 
+// The kernels multiply by 1 / sigma. Where that overflows (|sigma| below 1 / FLT_MAX, reachable only with eps below
+// it, e.g. eps = 0, or sigma = 0) they divide instead, as torch does: W / sigma can still be finite.
+
 // out = W / sigma (W / eps where |sigma| < eps), numel elements; stream: see kStreamBytes
 template <typename scalar_t, typename acc_t>
 void normalize_into(const scalar_t* wp, acc_t s, double eps, scalar_t* op, int64_t numel, bool stream) {
   const acc_t s_hat = std::abs(s) < static_cast<acc_t>(eps) ? static_cast<acc_t>(eps) : s;
+  if (!std::isfinite(acc_t(1) / s_hat)) {  // divide: see above
+    at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) op[k] = static_cast<scalar_t>(static_cast<acc_t>(wp[k]) / s_hat);
+    });
+    return;
+  }
   at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) {
     scale<scalar_t, acc_t>(wp + begin, acc_t(1) / s_hat, op + begin, end - begin, stream);
     fence_streaming_stores(stream);
@@ -403,10 +412,18 @@ void normalize_backward_into(const scalar_t* gp, const scalar_t* wp, const scala
       [](acc_t a, acc_t b) { return a + b; });
   const acc_t coef = clamped ? acc_t(0) : g_dot_w / s_hat;  // <G, W_sn>
   // rows (o, i) of length I: element k of row (o, i) sits at column o*I + k of M
+  const bool divide = !std::isfinite(acc_t(1) / s_hat);  // see normalize_into
   at::parallel_for(0, shape.outer * h, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, inner)),
                    [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t o = row / h, i = row % h;
+      if (divide) {
+        for (int64_t k = 0; k < inner; ++k) {
+          const acc_t g = static_cast<acc_t>(gp[row * inner + k]);
+          op[row * inner + k] = static_cast<scalar_t>((g - coef * u_acc[i] * v_acc[o * inner + k]) / s_hat);
+        }
+        continue;
+      }
       backward_segment<scalar_t, acc_t>(gp + row * inner, coef * u_acc[i], v_acc.data() + o * inner,
                                         acc_t(1) / s_hat, op + row * inner, inner, stream);
     }

@@ -8,6 +8,7 @@ that backward must itself be differentiated (create_graph), it goes through the 
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
@@ -28,8 +29,18 @@ def check_gradient_penalty_head_args(grad: torch.Tensor, mode: int, op: str = OP
         raise RuntimeError(f"{op}(): argument 'grad' must be 2-D (batch, features), got shape {tuple(grad.shape)}")
     if grad.shape[0] == 0:
         raise RuntimeError(f"{op}(): argument 'grad' must hold at least one sample, got shape {tuple(grad.shape)}")
-    if mode not in (0, 1, 2):
-        raise RuntimeError(f"{op}(): argument 'mode' must be 0, 1 or 2, got {mode}")
+    check_mode(mode, op)
+
+
+def check_mode(mode: object, op: str = OP) -> int:
+    """``mode`` as an int, or the kernels' error for anything but 0, 1 or 2 (a float is not truncated)."""
+    try:
+        index = operator.index(mode)
+    except TypeError:
+        index = None
+    if index not in (0, 1, 2):
+        raise RuntimeError(f"{op}(): argument 'mode' must be 0, 1 or 2, got {mode!r}")
+    return index
 
 
 def _penalty_ref(grad: torch.Tensor, mode: int, weight: float, center: float) -> torch.Tensor:
@@ -52,8 +63,8 @@ def _d_grad_ref(grad: torch.Tensor, mode: int, weight: float, center: float) -> 
         gap = n - center
         if mode == 1:
             gap = gap.clamp(min=0)
-        positive = n > 0
-        k = torch.where(positive, 2 * gap / torch.where(positive, n, torch.ones_like(n)), torch.zeros_like(n))
+        zero = n == 0  # (a NaN norm gives NaN, as autograd through the norm)
+        k = torch.where(zero, torch.zeros_like(n), 2 * gap / torch.where(zero, torch.ones_like(n), n))
     return (weight / g.shape[0] * k * g).to(grad.dtype)
 
 
@@ -87,15 +98,16 @@ def gradient_penalty_head(grad: torch.Tensor, mode: int, weight: float, center: 
         The penalty, a scalar (float32, or float64 for float64 grad), differentiable in grad (to any order).
     """
     check_tensor(grad, OP, "grad")
+    mode = check_mode(mode)
     name = _backend.resolve("gradient_penalty", grad.device, backend)
     if name == "ref":
         check_gradient_penalty_head_args(grad, mode)  # the kernels check their own arguments
         return _penalty_ref(grad, mode, weight, center)
     op = torch.ops.fastsn.gradient_penalty_head_triton if name == "triton" else torch.ops.fastsn.gradient_penalty_head
     if grad.requires_grad and eager_autograd():
-        penalty, _ = _HeadFunction.apply(grad, int(mode), float(weight), float(center), op)
+        penalty, _ = _HeadFunction.apply(grad, mode, float(weight), float(center), op)
     else:
-        penalty, _ = op(grad, int(mode), float(weight), float(center))
+        penalty, _ = op(grad, mode, float(weight), float(center))
     return penalty
 
 

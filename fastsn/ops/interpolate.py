@@ -109,8 +109,10 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, eps: Optional[torch.Tens
         x, real's shape and dtype, contiguous; differentiable in real, fake and eps, to any order.
     """
     check_tensor(real, OP, "real")
+    check_tensor(fake, OP, "fake")
     if eps is None:
         eps = draw_eps(real, generator)
+    check_tensor(eps, OP, "eps")
     name = _backend.resolve("interpolate", real.device, backend)
     if name == "ref":
         return interpolate_ref(real, fake, eps)

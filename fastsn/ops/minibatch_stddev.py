@@ -49,6 +49,9 @@ def check_minibatch_stddev_args(x: torch.Tensor, group_size: int, num_channels: 
     if x.dim() < 2:
         raise RuntimeError(f"{op}(): argument 'x' must be (N, C, ...) with at least 2 dimensions, got shape "
                            f"{tuple(x.shape)}")
+    for name, value in (("group_size", group_size), ("num_channels", num_channels)):
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):  # a float: the schema would truncate
+            raise TypeError(f"{op}(): argument '{name}' must be an int, got {type(value).__name__}")
     if group_size < 1:
         raise RuntimeError(f"{op}(): argument 'group_size' must be at least 1, got {group_size}")
     if num_channels < 1:

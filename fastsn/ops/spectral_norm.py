@@ -78,6 +78,89 @@ def check_power_iteration_args(weight: torch.Tensor, u: torch.Tensor, v: torch.T
         raise RuntimeError(f"{op}(): arguments 'u' and 'v' must be on the device of 'weight' ({weight.device})")
     if n_power_iterations < 0:
         raise RuntimeError(f"{op}(): argument 'n_power_iterations' must be >= 0, got {n_power_iterations}")
+    for name, t in (("u", u), ("v", v)):
+        if n_power_iterations > 0 and t.numel() > 1 and t.stride(0) == 0:
+            raise RuntimeError(f"{op}(): argument '{name}' is updated in place and must not be expanded "
+                               "(elements sharing memory: stride 0)")
+
+
+def check_normalize_args(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, dim: int,
+                         op: str = OP + "_normalize") -> None:
+    """The checks of the normalize kernels (C++ check_normalize_args), with the same messages."""
+    check_tensor(sigma, op, "sigma")
+    check_power_iteration_args(weight, u, v, dim, 0, 0.0, op=op)
+    if sigma.numel() != 1:
+        raise RuntimeError(f"{op}(): argument 'sigma' must hold one value, got shape {tuple(sigma.shape)}")
+    if sigma.device != weight.device:
+        raise RuntimeError(f"{op}(): argument 'sigma' must be on the device of 'weight' ({weight.device})")
+    check_floating(sigma, op, "sigma")
+
+
+def check_normalize_backward_grad(grad: torch.Tensor, weight: torch.Tensor, op: str) -> None:
+    """The checks of the normalize backward kernels on ``grad``, with the same messages."""
+    check_tensor(grad, op, "grad")
+    check_floating(grad, op, "grad")
+    if grad.shape != weight.shape:
+        raise RuntimeError(f"{op}(): argument 'grad' must have the shape of 'weight' ({list(weight.shape)}), got "
+                           f"{list(grad.shape)}")
+    if grad.device != weight.device:
+        raise RuntimeError(f"{op}(): argument 'grad' must be on the device of 'weight' ({weight.device})")
+
+
+def check_grouped_power_iteration_args(weights: list, us: list, vs: list, dims: list, n_power_iterations: list,
+                                       eps: list, u_first: list) -> None:
+    """The checks of the grouped power iteration kernels (C++ check_grouped_power_iteration_args and each weight's
+    check_power_iteration_args), with the same messages."""
+    op = OP + "_grouped_power_iteration"
+    _check_group(weights, op, us=us, vs=vs, dims=dims, n_power_iterations=n_power_iterations, eps=eps,
+                 u_first=u_first)
+    if not weights:
+        raise RuntimeError(f"{op}(): argument 'weights' must not be empty")
+    for weight in weights:
+        check_tensor(weight, op, "weights")
+        if weight.device != weights[0].device or weight.dtype != weights[0].dtype:
+            raise RuntimeError(f"{op}(): argument 'weights' must share one device and dtype, got "
+                               f"{weights[0].device}/{weights[0].dtype} and {weight.device}/{weight.dtype}")
+    for args in zip(weights, us, vs, dims, n_power_iterations, eps):
+        check_power_iteration_args(*args)
+
+
+def check_grouped_normalize_args(weights: list, us: torch.Tensor, vs: torch.Tensor, sigmas: torch.Tensor,
+                                 dims: list, eps: list, op: str = OP + "_grouped_normalize",
+                                 grads: Optional[list] = None) -> None:
+    """The checks of the grouped normalize kernels and their backward (C++ grouped_offsets), with the same
+    messages: us, vs, sigmas flat and 1-D, holding exactly the vectors of the weights."""
+    lists = {"dims": dims, "eps": eps} if grads is None else {"grads": grads, "dims": dims, "eps": eps}
+    _check_group(weights, op, **lists)
+    for name, t in (("us", us), ("vs", vs), ("sigmas", sigmas)):
+        check_tensor(t, op, name)
+        check_floating(t, op, name)
+    if us.dim() != 1 or vs.dim() != 1 or sigmas.dim() != 1:
+        raise RuntimeError(f"{op}(): arguments 'us', 'vs' and 'sigmas' must be 1-D (the vectors of all weights, "
+                           "concatenated)")
+    if sigmas.numel() != len(weights):
+        raise RuntimeError(f"{op}(): argument 'sigmas' must hold one value per weight ({len(weights)}), got "
+                           f"{sigmas.numel()}")
+    h_total = w_total = 0
+    for k, (weight, dim) in enumerate(zip(weights, dims)):
+        check_tensor(weight, op, "weights")
+        check_floating(weight, op, "weights")
+        if weight.dim() < 2 or not 0 <= dim < weight.dim():
+            raise RuntimeError(f"{op}(): weight {k} must have at least 2 dimensions and 'dims' within them, got "
+                               f"shape {list(weight.shape)} and dim {dim}")
+        if us.dtype != weight.dtype or vs.dtype != weight.dtype:
+            raise RuntimeError(f"{op}(): arguments 'us' and 'vs' must have the dtype of the weights ({weight.dtype}), "
+                               f"got {us.dtype} and {vs.dtype}")
+        if not us.device == vs.device == sigmas.device == weight.device:
+            raise RuntimeError(f"{op}(): arguments 'us', 'vs' and 'sigmas' must be on the device of the weights "
+                               f"({weight.device})")
+        h_total += weight.shape[dim]
+        w_total += math.prod([size for d, size in enumerate(weight.shape) if d != dim])
+        if grads is not None:
+            check_normalize_backward_grad(grads[k], weight, op)
+    if h_total != us.numel() or w_total != vs.numel():
+        raise RuntimeError(f"{op}(): arguments 'us' and 'vs' must hold exactly the vectors of the weights ({h_total} "
+                           f"and {w_total} values), got {us.numel()} and {vs.numel()}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,6 +224,7 @@ def spectral_norm_normalize_ref(weight: torch.Tensor, u: torch.Tensor, v: torch.
     Returns:
         W_sn, same shape and dtype as weight.
     """
+    check_normalize_args(weight, u, v, sigma, dim)
     acc = opmath_dtype(weight.dtype)
     m = weight_to_matrix(weight, dim).to(acc)
     sigma_of_weight = torch.dot(u.detach().to(acc), torch.mv(m, v.detach().to(acc)))
@@ -163,6 +247,9 @@ def spectral_norm_normalize_backward_ref(grad: torch.Tensor, weight: torch.Tenso
     Returns:
         dW, shape and dtype of weight.
     """
+    op = OP + "_normalize_backward"
+    check_normalize_args(weight, u, v, sigma, dim, op)
+    check_normalize_backward_grad(grad, weight, op)
     acc = opmath_dtype(weight.dtype)
     g, w_acc = grad.to(acc), weight.to(acc)
     s = torch.dot(u.detach().to(acc), torch.mv(weight_to_matrix(w_acc, dim), v.detach().to(acc)))
@@ -187,7 +274,7 @@ def spectral_norm_grouped_power_iteration_ref(weights: list[torch.Tensor], us: l
         sigmas (n,) in the accumulation dtype; u_copies (sum of h,) and v_copies (sum of w,): the updated
         vectors of all weights, concatenated in order.
     """
-    _check_group(weights, us=us, vs=vs, dims=dims, n_power_iterations=n_power_iterations, eps=eps, u_first=u_first)
+    check_grouped_power_iteration_args(weights, us, vs, dims, n_power_iterations, eps, u_first)
     results = [spectral_norm_power_iteration_ref(*args) for args in zip(weights, us, vs, dims, n_power_iterations,
                                                                          eps, u_first)]
     return (torch.stack([r[0] for r in results]), torch.cat([r[1] for r in results]),
@@ -218,12 +305,12 @@ def spectral_norm_grouped_normalize_ref(weights: list[torch.Tensor], us: torch.T
     Returns:
         W_sn per weight.
     """
-    _check_group(weights, dims=dims, eps=eps)
+    check_grouped_normalize_args(weights, us, vs, sigmas, dims, eps)
     u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, dims)
     return [spectral_norm_normalize_ref(*args) for args in zip(weights, u, v, sigma, dims, eps)]
 
 
-def _check_group(weights: list, op: str = OP + "_grouped", **lists: list) -> None:
+def _check_group(weights: list, op: str, **lists: list) -> None:
     for name, values in lists.items():
         if len(values) != len(weights):
             raise RuntimeError(f"{op}(): argument '{name}' must hold one entry per weight ({len(weights)}), "
@@ -280,7 +367,9 @@ def spectral_norm_grouped_power_iteration(weights: list[torch.Tensor], us: list[
 
     Args and Returns: as :func:`spectral_norm_grouped_power_iteration_ref`; ``backend`` as :func:`fastsn.ops.build_info`.
     """
-    name = _backend.resolve("spectral_norm", weights[0].device if weights else "cpu", backend)
+    if not weights:  # (no tensor for the dispatcher to route by: the kernels' own check cannot run)
+        raise RuntimeError(f"{OP}_grouped_power_iteration(): argument 'weights' must not be empty")
+    name = _backend.resolve("spectral_norm", weights[0].device, backend)
     if name == "ref":
         return spectral_norm_grouped_power_iteration_ref(weights, us, vs, dims, n_power_iterations, eps, u_first)
     return _kernel("spectral_norm_grouped_power_iteration", name)(
@@ -330,11 +419,17 @@ def _power_iteration_fake(weight, u, v, dim, n_power_iterations, eps, u_first):
         torch.empty_like(v, memory_format=torch.contiguous_format)
 
 
+# The fake kernels check as the kernels do: besides tracing, they run when a meta tensor is among real ones (the
+# dispatcher then picks the Meta kernel), where skipping the checks returned uninitialized memory.
 def _normalize_fake(weight, u, v, sigma, dim, eps):
+    check_normalize_args(weight, u, v, sigma, dim)
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
 def _normalize_backward_fake(grad, weight, u, v, sigma, dim, eps):
+    op = OP + "_normalize_backward"
+    check_normalize_args(weight, u, v, sigma, dim, op)
+    check_normalize_backward_grad(grad, weight, op)
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
@@ -360,19 +455,19 @@ def _make_normalize_backward(backward_op: str):
 
 
 def _grouped_power_iteration_fake(weights, us, vs, dims, n_power_iterations, eps, u_first):
-    _check_group(weights, us=us, vs=vs, dims=dims, n_power_iterations=n_power_iterations, eps=eps, u_first=u_first)
-    for args in zip(weights, us, vs, dims, n_power_iterations, eps):
-        check_power_iteration_args(*args)
+    check_grouped_power_iteration_args(weights, us, vs, dims, n_power_iterations, eps, u_first)
     first = weights[0]
     return (first.new_empty((len(weights),), dtype=opmath_dtype(first.dtype)),
             first.new_empty((sum(u.numel() for u in us),)), first.new_empty((sum(v.numel() for v in vs),)))
 
 
 def _grouped_normalize_fake(weights, us, vs, sigmas, dims, eps):
+    check_grouped_normalize_args(weights, us, vs, sigmas, dims, eps)
     return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
 
 
 def _grouped_normalize_backward_fake(grads, weights, us, vs, sigmas, dims, eps):
+    check_grouped_normalize_args(weights, us, vs, sigmas, dims, eps, OP + "_grouped_normalize_backward", grads)
     return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
 
 

@@ -5,9 +5,38 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import triton
 import triton.language as tl
 
 _SCALARS: dict = {}
+
+
+# Most launchers loop `for start in range(0, size, BLOCK)` with an int32 counter, which wraps past 2^31 - BLOCK.
+MAX_LOOP_SIZE = 2**31 - 2**16
+
+
+def check_loop_size(size: int, op: str, what: str) -> None:
+    """Refuse a size the kernels' int32 loop counters would wrap on (clearly, instead of out-of-bounds access)."""
+    if size >= MAX_LOOP_SIZE:
+        raise RuntimeError(f"{op}(): the Triton kernels take {what} below 2^31 - 2^16, got {size}")
+
+
+@triton.jit
+def div_rn(x, y):
+    """IEEE division: fp32 '/' lowers to the approximate div.full.f32 on a GPU; fp64 '/' is div.rn.f64."""
+    if y.dtype == tl.float64:  # (y: x may be a Python number)
+        return x / y
+    else:
+        return tl.div_rn(x, y)
+
+
+@triton.jit
+def sqrt_rn(x):
+    """IEEE square root: fp32 tl.sqrt is sqrt.approx.ftz (a subnormal input flushes to 0); fp64 is sqrt.rn."""
+    if x.dtype == tl.float64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
 
 
 def acc_tl(dtype: torch.dtype):

@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from fastsn.ops.gradient_penalty import check_gradient_penalty_head_args, opmath_dtype
-from fastsn.triton_kernels._common import acc_tl, on_device, scalars
+from fastsn.triton_kernels._common import acc_tl, check_loop_size, div_rn, on_device, scalars, sqrt_rn
 
 BLOCK = 1024
 WARPS = 4
@@ -31,12 +31,12 @@ def _penalty_rows_kernel(grad_ptr, d_grad_ptr, phi_ptr, params_ptr, features, MO
         phi = s
         k = tl.full((), 2.0, ACC)
     else:
-        n = tl.sqrt(s)
+        n = sqrt_rn(s)  # (IEEE: the approximate root flushes a subnormal sum to 0, and the row's gradient with it)
         gap = n - center
         if MODE == 1:
             gap = tl.where(gap < 0.0, 0.0, gap)  # not maximum: NaN stays NaN
         phi = gap * gap
-        k = tl.where(n == 0, 0.0, 2.0 * gap / tl.where(n == 0, 1.0, n))  # a NaN norm gives NaN
+        k = tl.where(n == 0, 0.0, div_rn(2.0 * gap, tl.where(n == 0, 1.0, n)))  # a NaN norm gives NaN
     factor = (scale * k).to(ACC)
     for start in range(0, features, BLOCK):
         cols = start + tl.arange(0, BLOCK)
@@ -50,9 +50,11 @@ def _penalty_rows_kernel(grad_ptr, d_grad_ptr, phi_ptr, params_ptr, features, MO
 def gradient_penalty_head_triton(grad: torch.Tensor, mode: int, weight: float, center: float
                                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton implementation of the head: (penalty (), d penalty / d grad (B, N) contiguous)."""
-    check_gradient_penalty_head_args(grad, mode, op="fastsn::gradient_penalty_head_triton")
+    op = "fastsn::gradient_penalty_head_triton"
+    check_gradient_penalty_head_args(grad, mode, op=op)
     g = grad.contiguous()
     batch, features = g.shape
+    check_loop_size(features, op, "rows of grad (features)")
     acc = opmath_dtype(g.dtype)
     d_grad = torch.empty_like(g, memory_format=torch.contiguous_format)
     phi = torch.empty(batch, dtype=acc, device=g.device)

@@ -34,8 +34,8 @@ def _tile_distances(m_ptr, base, rows, row_ok, cols, col_ok, c, s0, s2, ACC: tl.
 @triton.jit
 def _l1_similarity_kernel(m_ptr, o_ptr, n, b, c, s0, s1, s2, ACC: tl.constexpr, BLOCK_I: tl.constexpr,
                           BLOCK_J: tl.constexpr):
-    kb = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)  # (BLOCK_I,)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
+    kb = tl.program_id(1).to(tl.int64)  # (BLOCK_I,)
     row_ok = rows < n
     base = kb * s1
     acc = tl.zeros((BLOCK_I,), ACC)
@@ -54,8 +54,8 @@ def _l1_similarity_backward_kernel(g_ptr, g0, g1, m_ptr, dm_ptr, n, b, c, s0, s1
     # dm: (N, B, C) contiguous. Per chunk of BLOCK_C dims, the program's (BLOCK_I, BLOCK_C) rows of dM stay in
     # registers over the whole j loop and are stored once: no read-modify-write of memory across iterations. C past
     # BLOCK_C costs one more pass over j (the distances are recomputed) per chunk.
-    kb = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
+    kb = tl.program_id(1).to(tl.int64)
     row_ok = rows < n
     base = kb * s1
     gi = tl.load(g_ptr + rows * g0 + kb * g1, mask=row_ok, other=0).to(ACC)
@@ -82,13 +82,20 @@ def _l1_similarity_backward_kernel(g_ptr, g0, g1, m_ptr, dm_ptr, n, b, c, s0, s1
 
 
 def _grid(n: int, b: int) -> tuple[int, int]:
-    return (b, triton.cdiv(n, BLOCK_I))
+    # row blocks on axis 0 (up to 2^31 - 1 programs), kernels on axis 1 (at most 65535: checked by the launchers)
+    return (triton.cdiv(n, BLOCK_I), b)
+
+
+def _check_kernels(b: int, op: str) -> None:
+    if b > 65535:
+        raise RuntimeError(f"{op}(): the Triton kernels take at most 65535 kernels B (a grid axis each), got {b}")
 
 
 def minibatch_l1_similarity_triton(M: torch.Tensor) -> torch.Tensor:
     """Triton implementation of :func:`fastsn.ops.minibatch_l1_similarity.minibatch_l1_similarity`: o (N, B)."""
     check_minibatch_l1_similarity_args(M, op="fastsn::minibatch_l1_similarity_triton")
     n, b, c = M.shape
+    _check_kernels(b, "fastsn::minibatch_l1_similarity_triton")
     o = torch.empty((n, b), dtype=M.dtype, device=M.device)
     if o.numel() == 0:
         return o
@@ -102,6 +109,7 @@ def minibatch_l1_similarity_backward_triton(grad: torch.Tensor, M: torch.Tensor)
     """Triton implementation of the backward: dM (N, B, C), contiguous."""
     check_minibatch_l1_similarity_backward_args(grad, M, op="fastsn::minibatch_l1_similarity_backward_triton")
     n, b, c = M.shape
+    _check_kernels(b, "fastsn::minibatch_l1_similarity_backward_triton")
     dm = torch.empty((n, b, c), dtype=M.dtype, device=M.device)
     if dm.numel() == 0:
         return dm

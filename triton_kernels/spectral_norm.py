@@ -56,7 +56,7 @@ import triton.language as tl
 from fastsn.ops.spectral_norm import (check_grouped_normalize_args, check_grouped_power_iteration_args,
                                       check_normalize_args, check_normalize_backward_grad, check_power_iteration_args,
                                       opmath_dtype, split_grouped_vectors)
-from fastsn.triton_kernels._common import acc_tl, on_device
+from fastsn.triton_kernels._common import acc_tl, div_rn, on_device, sqrt_rn
 
 OP = "fastsn::spectral_norm"
 
@@ -82,24 +82,6 @@ _SEG = 64  # workspace segments start at multiples of 64 accumulators (aligned l
 def _clamp_min(x, lo):
     # max(x, lo) that propagates NaN (as torch's clamp_min in F.normalize): NaN < lo is false, so NaN stays
     return tl.where(x < lo, lo, x)
-
-
-@triton.jit
-def _div_rn(x, y):
-    # IEEE division (fp32 '/' lowers to the 2-ulp div.full.f32); fp64 '/' is div.rn.f64 already
-    if x.dtype == tl.float64:
-        return x / y
-    else:
-        return tl.div_rn(x, y)
-
-
-@triton.jit
-def _sqrt_rn(x):
-    # IEEE square root (fp32 tl.sqrt is sqrt.approx); fp64 tl.sqrt is sqrt.rn.f64
-    if x.dtype == tl.float64:
-        return tl.sqrt(x)
-    else:
-        return tl.sqrt_rn(x)
 
 
 @triton.jit
@@ -162,18 +144,18 @@ def _sn_finalize_kernel(r_ptr, vacc_ptr, s_ptr, scal_ptr, sigma_ptr, u_ptr, u_st
     eps_a = tl.cast(eps, ACC)  # (the interpreter passes eps as a Python float)
     idx = tl.arange(0, BLOCK)
     ssq = tl.load(scal_ptr)
-    ds = _clamp_min(_sqrt_rn(ssq), eps_a)  # max(||s||, eps)
+    ds = _clamp_min(sqrt_rn(ssq), eps_a)  # max(||s||, eps)
     tsq_vec = tl.zeros((BLOCK,), ACC)
     for start in range(0, w, BLOCK):  # t = r / ds (= B^T u)
         cols = start + idx
-        t = _div_rn(tl.load(r_ptr + cols, mask=cols < w, other=0.0), ds)
+        t = div_rn(tl.load(r_ptr + cols, mask=cols < w, other=0.0), ds)
         tsq_vec += t * t
     tsq = tl.sum(tsq_vec, axis=0)
-    dt = _clamp_min(_sqrt_rn(tsq), eps_a)  # max(||t||, eps)
+    dt = _clamp_min(sqrt_rn(tsq), eps_a)  # max(||t||, eps)
     for start in range(0, w, BLOCK):  # v = t / dt
         cols = start + idx
         cmask = cols < w
-        vn = _div_rn(_div_rn(tl.load(r_ptr + cols, mask=cmask, other=0.0), ds), dt)
+        vn = div_rn(div_rn(tl.load(r_ptr + cols, mask=cmask, other=0.0), ds), dt)
         tl.store(vacc_ptr + cols, vn, mask=cmask)
         tl.store(r_ptr + cols, tl.zeros((BLOCK,), ACC), mask=cmask)
         if LAST:
@@ -184,10 +166,10 @@ def _sn_finalize_kernel(r_ptr, vacc_ptr, s_ptr, scal_ptr, sigma_ptr, u_ptr, u_st
         for start in range(0, h, BLOCK):  # u = s / ds
             rows = start + idx
             rmask = rows < h
-            un = _div_rn(tl.load(s_ptr + rows, mask=rmask, other=0.0), ds)
+            un = div_rn(tl.load(s_ptr + rows, mask=rmask, other=0.0), ds)
             tl.store(u_ptr + rows.to(tl.int64) * u_stride, un.to(u_ptr.dtype.element_ty), mask=rmask)
             tl.store(ucopy_ptr + rows, un.to(ucopy_ptr.dtype.element_ty), mask=rmask)
-        tl.store(sigma_ptr, _div_rn(tsq, dt))  # u . (B v) = (B^T u) . v = ||t||^2 / max(||t||, eps)
+        tl.store(sigma_ptr, div_rn(tsq, dt))  # u . (B v) = (B^T u) . v = ||t||^2 / max(||t||, eps)
 
 
 @triton.jit
@@ -200,16 +182,17 @@ def _sn_normalize_kernel(w_ptr, sigma_ptr, out_ptr, n, eps: tl.float64, ACC: tl.
     sigma = tl.load(sigma_ptr).to(ACC)
     sigma = tl.where(tl.abs(sigma) < eps_a, eps_a, sigma)  # NaN stays NaN
     x = tl.load(w_ptr + offs, mask=mask, other=0.0).to(ACC)
-    tl.store(out_ptr + offs, _div_rn(x, sigma).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, div_rn(x, sigma).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _sn_dot_partials_kernel(g_ptr, w_ptr, part_ptr, n, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    # g, w: (n,) contiguous; part: (num_programs,) acc, part[pid] = sum of g * w over the pid's blocks
+def _sn_dot_partials_kernel(g_ptr, w_ptr, part_ptr, n, n_blocks, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # g, w: (n,) contiguous; part: (num_programs,) acc, part[pid] = sum of g * w over the pid's blocks;
+    # n_blocks = cdiv(n, BLOCK) from the host (in int32 here, n + BLOCK - 1 wraps for n near 2^31)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     acc = tl.zeros((BLOCK,), ACC)
-    n_iter = tl.cdiv(tl.cdiv(n, BLOCK) - pid, nprog)
+    n_iter = tl.cdiv(n_blocks - pid, nprog)
     for it in range(0, n_iter):
         offs = (it * nprog + pid).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
@@ -234,7 +217,7 @@ def _sn_normalize_backward_kernel(g_ptr, u_ptr, u_stride, v_ptr, v_stride, sigma
     sigma = tl.load(sigma_ptr).to(ACC)
     clamped = tl.abs(sigma) < eps_a  # eps replaces sigma, which then takes no gradient (c = 0)
     sigma = tl.where(clamped, eps_a, sigma)
-    c = tl.where(clamped, 0.0, _div_rn(dot, sigma))  # <G, W_sn>
+    c = tl.where(clamped, 0.0, div_rn(dot, sigma))  # <G, W_sn>
     rows = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     cols = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
     rmask = rows < h
@@ -246,7 +229,7 @@ def _sn_normalize_backward_kernel(g_ptr, u_ptr, u_stride, v_ptr, v_stride, sigma
     mask = rmask[:, None] & cmask[None, :]
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
     uv = u[:, None] * v[None, :]
-    dw = _div_rn(g - c * uv, sigma)
+    dw = div_rn(g - c * uv, sigma)
     tl.store(out_ptr + offs, dw.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -476,7 +459,8 @@ def spectral_norm_normalize_backward_triton(grad: torch.Tensor, weight: torch.Te
     block_h, block_w, warps = backward_config(view.w, wc.dtype)
     n_wtiles = triton.cdiv(view.w, block_w)
     with on_device(wc):
-        _sn_dot_partials_kernel[(n_parts,)](gc, wc, partials, n, acc_kind, DOT_BLOCK, num_warps=DOT_WARPS)
+        _sn_dot_partials_kernel[(n_parts,)](gc, wc, partials, n, triton.cdiv(n, DOT_BLOCK), acc_kind, DOT_BLOCK,
+                                            num_warps=DOT_WARPS)
         _sn_normalize_backward_kernel[(triton.cdiv(view.h, block_h) * n_wtiles,)](
             gc, row_vec, row_vec.stride(0), col_vec, col_vec.stride(0), sigma, partials, n_parts, out,
             view.h, view.w, view.row_stride, view.col_stride, view.inner, view.slab, n_wtiles, float(eps),

@@ -49,14 +49,21 @@ def on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
+# Entries are never evicted: a cached tensor may still be read by kernels queued on another stream, or by a captured
+# CUDA graph, which would read freed memory. Past the limit (about 2 MB of GPU memory), new values get a fresh
+# tensor per call instead, freed in stream order like any temporary.
+_MAX_SCALARS = 4096
+
+
 def scalars(like: torch.Tensor, *values: float) -> torch.Tensor:
     """``values`` as a 1-D tensor in like's accumulation dtype on its device, for a kernel to load: exact in float64
-    (Triton's interpreter hands Python floats to a kernel as float32), and cached per device, so a module's constants
-    are copied to the GPU once, not per call."""
+    (Triton's interpreter hands float arguments to a kernel as float32, even annotated tl.float64), and cached per
+    device, so a module's constants are copied to the GPU once, not per call."""
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
     key = (like.device, dtype, values)
-    if key not in _SCALARS:
-        if len(_SCALARS) >= 256:
-            _SCALARS.clear()
-        _SCALARS[key] = torch.tensor(values, dtype=dtype, device=like.device)
-    return _SCALARS[key]
+    cached = _SCALARS.get(key)
+    if cached is None:
+        cached = torch.tensor(values, dtype=dtype, device=like.device)
+        if len(_SCALARS) < _MAX_SCALARS:
+            _SCALARS[key] = cached
+    return cached

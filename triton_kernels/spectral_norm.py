@@ -413,8 +413,12 @@ def spectral_norm_normalize_triton(weight: torch.Tensor, u: torch.Tensor, v: tor
     Returns:
         weight / sigma, contiguous, weight's shape and dtype (computed in float32 / float64).
     """
-    op = OP + "_normalize"
-    check_normalize_args(weight, u, v, sigma, dim, op)
+    check_normalize_args(weight, u, v, sigma, dim, OP + "_normalize")
+    return _normalize(weight, sigma, eps)
+
+
+def _normalize(weight: torch.Tensor, sigma: torch.Tensor, eps: float) -> torch.Tensor:
+    """spectral_norm_normalize_triton with its arguments already checked."""
     wc = weight.contiguous()
     out = torch.empty_like(wc, memory_format=torch.contiguous_format)
     n = wc.numel()
@@ -442,6 +446,12 @@ def spectral_norm_normalize_backward_triton(grad: torch.Tensor, weight: torch.Te
     op = OP + "_normalize_backward"
     check_normalize_args(weight, u, v, sigma, dim, op)
     check_normalize_backward_grad(grad, weight, op)
+    return _normalize_backward(grad, weight, u, v, sigma, dim, eps, op)
+
+
+def _normalize_backward(grad: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                        sigma: torch.Tensor, dim: int, eps: float, op: str) -> torch.Tensor:
+    """spectral_norm_normalize_backward_triton with its arguments already checked."""
     wc, gc = weight.contiguous(), grad.contiguous()
     out = torch.empty_like(wc, memory_format=torch.contiguous_format)
     n = wc.numel()
@@ -483,14 +493,15 @@ def spectral_norm_grouped_normalize_triton(weights, us, vs, sigmas, dims, eps):
     """Triton implementation of the grouped normalize: one W / sigma per weight."""
     check_grouped_normalize_args(weights, us, vs, sigmas, dims, eps)
     u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, dims)
-    return [spectral_norm_normalize_triton(*args) for args in zip(weights, u, v, sigma, dims, eps)]
+    return [_normalize(weight, s, e) for weight, s, e in zip(weights, sigma, eps)]
 
 
 def spectral_norm_grouped_normalize_backward_triton(grads, weights, us, vs, sigmas, dims, eps):
     """Triton implementation of the grouped normalize backward: one fused backward per weight."""
     check_grouped_normalize_args(weights, us, vs, sigmas, dims, eps, OP + "_grouped_normalize_backward", grads)
     u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, dims)
-    return [spectral_norm_normalize_backward_triton(*args) for args in zip(grads, weights, u, v, sigma, dims, eps)]
+    op = OP + "_grouped_normalize_backward"
+    return [_normalize_backward(*args, op) for args in zip(grads, weights, u, v, sigma, dims, eps)]
 
 
 for _kernel in (spectral_norm_power_iteration_triton, spectral_norm_normalize_triton,

@@ -109,8 +109,8 @@ def check_normalize_backward_grad(grad: torch.Tensor, weight: torch.Tensor, op: 
 
 def check_grouped_power_iteration_args(weights: list, us: list, vs: list, dims: list, n_power_iterations: list,
                                        eps: list, u_first: list) -> None:
-    """The checks of the grouped power iteration kernels (C++ check_grouped_power_iteration_args and each weight's
-    check_power_iteration_args), with the same messages."""
+    """The group-level checks of the grouped power iteration kernels (C++ check_grouped_power_iteration_args), with
+    the same messages; each weight's own (check_power_iteration_args) come with its single-weight call."""
     op = OP + "_grouped_power_iteration"
     _check_group(weights, op, us=us, vs=vs, dims=dims, n_power_iterations=n_power_iterations, eps=eps,
                  u_first=u_first)
@@ -121,8 +121,6 @@ def check_grouped_power_iteration_args(weights: list, us: list, vs: list, dims: 
         if weight.device != weights[0].device or weight.dtype != weights[0].dtype:
             raise RuntimeError(f"{op}(): argument 'weights' must share one device and dtype, got "
                                f"{weights[0].device}/{weights[0].dtype} and {weight.device}/{weight.dtype}")
-    for args in zip(weights, us, vs, dims, n_power_iterations, eps):
-        check_power_iteration_args(*args)
 
 
 def check_grouped_normalize_args(weights: list, us: torch.Tensor, vs: torch.Tensor, sigmas: torch.Tensor,
@@ -225,6 +223,11 @@ def spectral_norm_normalize_ref(weight: torch.Tensor, u: torch.Tensor, v: torch.
         W_sn, same shape and dtype as weight.
     """
     check_normalize_args(weight, u, v, sigma, dim)
+    return _normalize_ref(weight, u, v, dim, eps)
+
+
+def _normalize_ref(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
+    """:func:`spectral_norm_normalize_ref` with its arguments already checked."""
     acc = opmath_dtype(weight.dtype)
     m = weight_to_matrix(weight, dim).to(acc)
     sigma_of_weight = torch.dot(u.detach().to(acc), torch.mv(m, v.detach().to(acc)))
@@ -306,8 +309,8 @@ def spectral_norm_grouped_normalize_ref(weights: list[torch.Tensor], us: torch.T
         W_sn per weight.
     """
     check_grouped_normalize_args(weights, us, vs, sigmas, dims, eps)
-    u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, dims)
-    return [spectral_norm_normalize_ref(*args) for args in zip(weights, u, v, sigma, dims, eps)]
+    u, v, _ = split_grouped_vectors(weights, us, vs, sigmas, dims)
+    return [_normalize_ref(*args) for args in zip(weights, u, v, dims, eps)]
 
 
 def _check_group(weights: list, op: str, **lists: list) -> None:
@@ -456,6 +459,8 @@ def _make_normalize_backward(backward_op: str):
 
 def _grouped_power_iteration_fake(weights, us, vs, dims, n_power_iterations, eps, u_first):
     check_grouped_power_iteration_args(weights, us, vs, dims, n_power_iterations, eps, u_first)
+    for args in zip(weights, us, vs, dims, n_power_iterations, eps):
+        check_power_iteration_args(*args)
     first = weights[0]
     return (first.new_empty((len(weights),), dtype=opmath_dtype(first.dtype)),
             first.new_empty((sum(u.numel() for u in us),)), first.new_empty((sum(v.numel() for v in vs),)))

@@ -183,6 +183,8 @@ BAD_ARGS = [
     (lambda d: dict(v=torch.ones(3, device=d)), "argument 'v' must have shape"),
     (lambda d: dict(u=torch.ones(3, dtype=torch.float64, device=d)), "must have the dtype of 'weight'"),
     (lambda d: dict(n_power_iterations=-1), "argument 'n_power_iterations' must be >= 0"),
+    # a float is refused, not truncated (the kernels' schema: "Expected a value of type 'int'")
+    (lambda d: dict(n_power_iterations=2.0), "'n_power_iterations'"),
     (lambda d: dict(u=torch.ones(1, device=d).expand(3)), "argument 'u' is updated in place and must not be expanded"),
 ]
 

@@ -21,6 +21,7 @@ and eps is applied in that precision, so 1e-12 does not underflow.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional
 
 import torch
@@ -76,6 +77,11 @@ def check_power_iteration_args(weight: torch.Tensor, u: torch.Tensor, v: torch.T
                            f"got {u.dtype} and {v.dtype}")
     if u.device != weight.device or v.device != weight.device:
         raise RuntimeError(f"{op}(): arguments 'u' and 'v' must be on the device of 'weight' ({weight.device})")
+    try:  # an int, as the kernels' schema takes it (a float is refused there, not truncated)
+        n_power_iterations = operator.index(n_power_iterations)
+    except TypeError:
+        raise RuntimeError(f"{op}(): argument 'n_power_iterations' must be an int, got "
+                           f"{type(n_power_iterations).__name__}") from None
     if n_power_iterations < 0:
         raise RuntimeError(f"{op}(): argument 'n_power_iterations' must be >= 0, got {n_power_iterations}")
     for name, t in (("u", u), ("v", v)):

@@ -136,6 +136,16 @@ def capture(quick: bool = False) -> dict:
             blr_mod.bias_leaky_relu_backward_triton(x, y, 0.2, 1.0)
             for mode in (0, 1, 2):
                 gp_mod.gradient_penalty_head_triton(torch.zeros(4, 5, dtype=dtype), mode, 1.0, 1.0)
+                # rows cut into chunks: 4 per row, and MAX_CHUNKS (the widest vector of partial sums) with the
+                # program target of a GPU with 1024 SMs
+                gp_mod.gradient_penalty_head_triton(torch.zeros(2, 40000, dtype=dtype), mode, 1.0, 1.0)
+                target = gp_mod.program_target
+                gp_mod.program_target = lambda t: 4 * 1024
+                try:
+                    gp_mod.gradient_penalty_head_triton(torch.zeros(1, gp_mod.MAX_CHUNKS * gp_mod.MIN_CHUNK,
+                                                                    dtype=dtype), mode, 1.0, 1.0)
+                finally:
+                    gp_mod.program_target = target
             x = torch.zeros(4, 5, dtype=dtype)
             ip_mod.interpolate_triton(x, x, torch.zeros(4, dtype=torch.float64 if dtype == torch.float64 else
                                                         torch.float32))

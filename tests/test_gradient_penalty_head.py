@@ -7,6 +7,7 @@ import importlib
 
 import pytest
 import torch
+import triton
 
 import fastsn
 from conftest import TOLERANCES, kernel_pairs
@@ -14,7 +15,9 @@ from fastsn import _backend
 
 head = importlib.import_module("fastsn.ops.gradient_penalty")
 OP = "gradient_penalty"
-SHAPES = [(1, 1), (5, 3), (4, 1030), (33, 7)]  # 1030 > one 1024-wide chunk of the Triton kernel
+# 1030 > one 1024-wide block of the Triton kernel; 2 x 40000: rows the kernels cut into chunks (CPU: 32768 elements;
+# Triton under the interpreter: 4 of 10240; CUDA: as many as the SM count asks)
+SHAPES = [(1, 1), (5, 3), (4, 1030), (33, 7), (2, 40000)]
 
 
 def _autograd_penalty(grad: torch.Tensor, mode: int, weight: float, center: float) -> torch.Tensor:
@@ -113,6 +116,41 @@ def test_nan_row_propagates_to_value_and_its_gradient(backend_device, mode):
     assert torch.isnan(penalty)
     assert torch.isnan(grad.grad[0]).all()
     torch.testing.assert_close(grad.grad[1], reference.grad[1].float())
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_rows_cut_into_chunks_keep_their_own_norms(backend_device, mode):
+    """Long rows, which the kernels cut into chunks (see SHAPES), in float64: a zero row keeps a zero gradient, a NaN
+    in the last chunk of a row makes that whole row NaN and no other, the rest equals the reference."""
+    backend, device = backend_device
+    grad = torch.randn(4, 40000, dtype=torch.float64, device=device) * 0.01
+    grad[1] = 0
+    grad[2, -1] = float("nan")
+    penalty, d_grad = head.gradient_penalty_head_ref(grad, mode, 2.0, 1.0)
+    with_grad = grad.clone().requires_grad_(True)
+    got = head.gradient_penalty_head(with_grad, mode, 2.0, 1.0, backend=backend)
+    got.backward()
+    assert torch.isnan(got) and torch.isnan(penalty)
+    assert torch.isnan(with_grad.grad[2]).all() == (mode != 2)  # squared: the row's gradient is 2 g, NaN only there
+    assert torch.equal(with_grad.grad[1], torch.zeros_like(grad[1]))
+    rows = [0, 3]
+    torch.testing.assert_close(with_grad.grad[rows], d_grad[rows], rtol=1e-12, atol=0)
+    finite = grad[rows].clone().requires_grad_(True)
+    torch.testing.assert_close(head.gradient_penalty_head(finite, mode, 2.0, 1.0, backend=backend),
+                               head.gradient_penalty_head_ref(grad[rows], mode, 2.0, 1.0)[0], rtol=1e-12, atol=0)
+
+
+def test_triton_chunking_rule():
+    """Whole rows while the batch fills the GPU (or rows are short), else about target / batch chunks of at least
+    MIN_CHUNK elements, a multiple of BLOCK (the interpreter's target is 8 programs)."""
+    rows = importlib.import_module("fastsn.triton_kernels.gradient_penalty")
+    assert rows.row_chunks(2, 40000, 8) == 10240  # 4 chunks
+    assert rows.row_chunks(8, 40000, 8) == 40000  # the batch fills the target
+    assert rows.row_chunks(1, 4095, 8) == 4095  # shorter than MIN_CHUNK
+    assert rows.row_chunks(4, 3 * 1024 * 1024, 528) == 24576  # R1 at 1024^2 on an H100: 128 chunks per row
+    assert rows.row_chunks(1, 2**30, 528) == 2033664  # 528 chunks
+    assert rows.row_chunks(1, 2**31 - 2**17, 100000) // rows.MIN_CHUNK >= 1 and \
+        triton.cdiv(2**31 - 2**17, rows.row_chunks(1, 2**31 - 2**17, 100000)) <= rows.MAX_CHUNKS
 
 
 @pytest.mark.parametrize("mode", [1.5, 1.0, "r1", None], ids=str)

@@ -40,7 +40,8 @@ def test_capture_records_every_kernel_without_running_them():
     kernels = {key[0] for key in launches}
     assert kernels == {"_build_info_kernel", "_sn_pass_kernel", "_sn_finalize_kernel", "_sn_normalize_kernel",
                        "_sn_dot_partials_kernel", "_sn_normalize_backward_kernel", "_bias_leaky_relu_kernel",
-                       "_bias_leaky_relu_backward_kernel", "_penalty_rows_kernel", "_interpolate_kernel",
+                       "_bias_leaky_relu_backward_kernel", "_penalty_rows_kernel", "_chunk_sums_kernel",
+                       "_chunk_scale_kernel", "_interpolate_kernel",
                        "_interpolate_backward_kernel", "_l1_similarity_kernel", "_l1_similarity_backward_kernel",
                        "_stddev_stats_kernel", "_stddev_concat_kernel", "_stddev_gamma_kernel",
                        "_stddev_backward_kernel"}

@@ -3,6 +3,7 @@ through memory."""
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import triton
@@ -37,6 +38,18 @@ def sqrt_rn(x):
         return tl.sqrt(x)
     else:
         return tl.sqrt_rn(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def program_target(t: torch.Tensor) -> int:
+    """About how many programs fill t's GPU (four per SM); 8 for CPU tensors, where the interpreter runs the
+    programs one by one and a small number keeps the split paths it tests cheap."""
+    return 4 * _sm_count(t.device.index if t.device.index is not None else torch.cuda.current_device()) \
+        if t.device.type == "cuda" else 8
 
 
 def acc_tl(dtype: torch.dtype):

@@ -4,6 +4,7 @@ discriminators with and without spectral norm on every backend, and the errors."
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -125,6 +126,25 @@ def test_r1_r2_batched_equals_two_passes():
     torch.testing.assert_close(both, separate)
     for got, want in zip(_param_grads(model), _param_grads(twin)):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("layer", ["batchnorm", "minibatch_stddev", "minibatch_discrimination"])
+def test_r1_r2_batched_warns_where_d_mixes_samples(layer):
+    """One batch over cat([real, fake]) is r1 + r2 only for a D that treats samples independently: a layer known
+    to mix them is named in a warning; BatchNorm in eval (running statistics) and plain layers give none."""
+    torch.manual_seed(0)
+    mixing = {"batchnorm": torch.nn.BatchNorm1d(4), "minibatch_stddev": fastsn.nn.MinibatchStdDev(2),
+              "minibatch_discrimination": fastsn.nn.MinibatchDiscrimination(4, 1, 2)}[layer]
+    width = 5 if layer != "batchnorm" else 4
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), mixing, torch.nn.Linear(width, 1))
+    real, fake = torch.randn(4, 3), torch.randn(4, 3)
+    with pytest.warns(UserWarning, match=rf"its layer '1' \({type(mixing).__name__}\) mixes the samples"):
+        fastsn.gradient_penalty(model, real, fake, kind=("r1", "r2"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastsn.gradient_penalty(model, real, fake, kind="r1")
+        if layer == "batchnorm":
+            fastsn.gradient_penalty(model.eval(), real, fake, kind=("r1", "r2"))
 
 
 def test_r1_conventions():

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -262,16 +263,29 @@ def test_module_init_bias_and_single_sample(backend_device):
 
 
 def test_module_rejects_a_wrong_feature_count(backend_device):
+    """RuntimeError, as torchgan's x.mm(T) raises for a wrong shape or dtype; T is not cast to x's dtype."""
     backend, device = backend_device
     module = fastsn.nn.MinibatchDiscrimination(6, 4).to(device)
-    with pytest.raises(ValueError, match=r"argument 'x' must have shape \(N, 6\)"):
+    with pytest.raises(RuntimeError, match=r"argument 'x' must have shape \(N, 6\)"):
         module(torch.randn(3, 7, device=device))
-    with pytest.raises(ValueError, match=r"argument 'x' must have shape \(N, 6\)"):
+    with pytest.raises(RuntimeError, match=r"argument 'x' must have shape \(N, 6\)"):
         module(torch.randn(3, 6, 1, device=device))
     with pytest.raises(ValueError, match="argument 'kernel_dims' must be a positive int"):
         fastsn.nn.MinibatchDiscrimination(6, 4, 0)
-    with pytest.raises(TypeError, match="argument 'x' must be a floating-point tensor"):
+    with pytest.raises(RuntimeError, match="argument 'x' must be a floating-point tensor"):
         module(torch.ones(3, 6, dtype=torch.long, device=device))
+    with pytest.raises(RuntimeError, match="same dtype"):
+        module(torch.randn(3, 6, dtype=torch.float64, device=device))
+
+
+@pytest.mark.parametrize("size", [np.int64(5), torch.tensor(5)], ids=["numpy", "tensor"])
+def test_module_takes_integer_sizes_as_torch_modules_do(size):
+    module = fastsn.nn.MinibatchDiscrimination(size, size, size)
+    assert (module.in_features, module.out_features, module.kernel_dims) == (5, 5, 5)
+    assert type(module.in_features) is int and module.T.shape == (5, 5, 5)
+    for bad in (True, 5.0, "5"):
+        with pytest.raises(ValueError, match="argument 'in_features' must be a positive int"):
+            fastsn.nn.MinibatchDiscrimination(bad, 5)
 
 
 def _discriminator(layer: torch.nn.Module, device: str) -> torch.nn.Module:

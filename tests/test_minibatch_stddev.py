@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,6 +166,11 @@ def test_module_is_stylegan2_layer_and_checks_its_arguments(backend_device):
             layer(x[:6])
     with pytest.raises(ValueError, match="argument 'group_size' must be a positive int"):
         fastsn.nn.MinibatchStdDev(0)
+    for bad in (True, 2.0):
+        with pytest.raises(ValueError, match="argument 'num_channels' must be a positive int"):
+            fastsn.nn.MinibatchStdDev(4, bad)
+    # integer sizes of other types, as StyleGAN2-ADA takes them (torch.as_tensor)
+    assert fastsn.nn.MinibatchStdDev(torch.tensor(4), np.int64(1)).group_size == 4
     # group_size=None: the whole batch is one group (StyleGAN2-ADA)
     with fastsn.use_backend(backend):
         torch.testing.assert_close(fastsn.nn.MinibatchStdDev(None)(x[:6]), stylegan2_formula(x[:6], 6, 1).float())

@@ -19,10 +19,13 @@ that needs a discriminator that treats samples independently (no batch statistic
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence, Union
 
 import torch
 
+from fastsn.nn.minibatch_discrimination import MinibatchDiscrimination
+from fastsn.nn.minibatch_stddev import MinibatchStdDev
 from fastsn.ops.gradient_penalty import MODES, gradient_penalty_head
 from fastsn.ops.interpolate import draw_eps, interpolate
 
@@ -89,6 +92,20 @@ def penalty_inputs(kinds: tuple[str, ...], real: Optional[torch.Tensor], fake: O
         perturbed = x + 0.5 * x.std() * noise
         return interpolate(perturbed, x, draw_eps(x, generator))  # x + e_i * (perturbed - x)
     return interpolate(real.detach(), fake.detach(), draw_eps(real, generator))
+
+
+def _warn_if_samples_mix(discriminator: torch.nn.Module) -> None:
+    """kind=("r1", "r2") runs real and fake through D as one batch: warn where a layer of D is known to mix the
+    samples of a batch (then the sum differs from r1 + r2 taken apart). Other such layers cannot be told apart."""
+    for name, module in discriminator.named_modules():
+        batch_norm = isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and (
+            module.training or not module.track_running_stats)
+        if batch_norm or isinstance(module, (MinibatchDiscrimination, MinibatchStdDev)):
+            warnings.warn(f"gradient_penalty(): kind=('r1', 'r2') runs real and fake through the discriminator as one "
+                          f"batch, but its layer {name or type(module).__name__!r} ({type(module).__name__}) mixes the "
+                          "samples of a batch: the result is not r1 + r2 taken apart (pass kind='r1' and kind='r2' "
+                          "separately)", stacklevel=3)
+            return
 
 
 def _scores(discriminator: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +184,8 @@ def gradient_penalty(discriminator: torch.nn.Module, real: Optional[torch.Tensor
         raise ValueError(f"gradient_penalty(): argument 'convention' must be one of {CONVENTIONS}, got "
                          f"{convention!r}")
     _check_inputs(kinds, real, fake)
+    if len(kinds) > 1:
+        _warn_if_samples_mix(discriminator)
     x = penalty_inputs(kinds, real, fake, generator).requires_grad_(True)
     grad = _input_gradients(_scores(discriminator, x), x, scaler)
     if len(kinds) == 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fastsn.ops._checks import positive_int
 from fastsn.ops.minibatch_l1_similarity import minibatch_l1_similarity
 
 
@@ -27,10 +28,11 @@ class MinibatchDiscrimination(torch.nn.Module):
     def __init__(self, in_features: int, out_features: int, kernel_dims: int = 16, *, mean: bool = False,
                  bias: bool = False) -> None:
         super().__init__()
+        sizes = []
         for name, value in (("in_features", in_features), ("out_features", out_features),
                             ("kernel_dims", kernel_dims)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"MinibatchDiscrimination(): argument '{name}' must be a positive int, got {value!r}")
+            sizes.append(positive_int(value, "MinibatchDiscrimination()", name))
+        in_features, out_features, kernel_dims = sizes
         self.in_features, self.out_features, self.kernel_dims, self.mean = in_features, out_features, kernel_dims, mean
         self.T = torch.nn.Parameter(torch.empty(in_features, out_features, kernel_dims))
         self.bias = torch.nn.Parameter(torch.empty(out_features)) if bias else None
@@ -44,15 +46,18 @@ class MinibatchDiscrimination(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (N, in_features). Returns: cat([x, o], 1), (N, in_features + out_features)."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.in_features:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"MinibatchDiscrimination.forward(): argument 'x' must have shape (N, {self.in_features}) "
-                             f"(in_features={self.in_features}), got {shape}")
+        # RuntimeError, as torchgan's x.mm(T) raises for a wrong shape or dtype (a TypeError for a non-tensor)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"MinibatchDiscrimination.forward(): argument 'x' must be a tensor, got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise RuntimeError(f"MinibatchDiscrimination.forward(): argument 'x' must have shape (N, "
+                               f"{self.in_features}) (in_features={self.in_features}), got {tuple(x.shape)}")
         if not x.is_floating_point():
-            raise TypeError(f"MinibatchDiscrimination.forward(): argument 'x' must be a floating-point tensor, got "
-                            f"{x.dtype}")
+            raise RuntimeError(f"MinibatchDiscrimination.forward(): argument 'x' must be a floating-point tensor, got "
+                               f"{x.dtype}")
         n = x.shape[0]
-        m = (x @ self.T.view(self.in_features, -1).to(x.dtype)).view(n, self.out_features, self.kernel_dims)
+        # no cast of T: another dtype than x's is an error, as in torch.mm (autocast casts both, as for nn.Linear)
+        m = (x @ self.T.view(self.in_features, -1)).view(n, self.out_features, self.kernel_dims)
         o = minibatch_l1_similarity(m)
         if self.mean:
             o = o / max(n - 1, 1)  # N = 1: o is 0 (no other sample)

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from fastsn.ops._checks import positive_int
 from fastsn.ops.minibatch_stddev import minibatch_stddev
 
 
@@ -25,13 +26,10 @@ class MinibatchStdDev(torch.nn.Module):
 
     def __init__(self, group_size: Optional[int] = 4, num_channels: int = 1) -> None:
         super().__init__()
-        for name, value in (("group_size", group_size), ("num_channels", num_channels)):
-            if value is None and name == "group_size":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"MinibatchStdDev(): argument '{name}' must be a positive int"
-                                 f"{' or None' if name == 'group_size' else ''}, got {value!r}")
-        self.group_size, self.num_channels = group_size, num_channels
+        if group_size is not None:
+            group_size = positive_int(group_size, "MinibatchStdDev()", "group_size", " or None")
+        self.group_size = group_size
+        self.num_channels = positive_int(num_channels, "MinibatchStdDev()", "num_channels")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (N, C, *spatial). Returns: (N, C + num_channels, *spatial)."""

@@ -255,10 +255,62 @@ def test_bad_input_gets_a_clear_error(call, message):
         call(mlp(), real, fake)
 
 
-def test_grad_mode_off_gets_a_clear_error():
+def test_grad_mode_off_gets_a_clear_error_before_d_runs():
+    """Raised before D's forward, which may update buffers (a power iteration, batch statistics); a lazy
+    GradientPenalty does not count the failed call."""
     real, fake = _data((8, 2))
-    with torch.no_grad(), pytest.raises(RuntimeError, match="needs grad mode"):
-        fastsn.gradient_penalty(mlp(), real, fake)
+    model = mlp()
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    module = fastsn.nn.GradientPenalty("r1")
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="needs grad mode"):
+            fastsn.gradient_penalty(model, real, fake)
+        with pytest.raises(RuntimeError, match="needs grad mode"):
+            module(model, real)
+    assert not calls and module.calls == 0
+
+
+def test_discriminator_may_be_a_function():
+    """Any callable D (a conditional D with its labels bound, a D behind augmentation), for every kind."""
+    model = mlp()
+    real, fake = _data((8, 2))
+    for kind in ("wgan-gp", "r1", ("r1", "r2")):
+        got = fastsn.gradient_penalty(lambda x: model(x), real, fake, kind=kind, generator=_gen("cpu", 0))
+        torch.testing.assert_close(got, fastsn.gradient_penalty(model, real, fake, kind=kind,
+                                                                generator=_gen("cpu", 0)))
+
+
+def test_tensor_weight_gets_its_gradient(backend_device):
+    """A weight given as a tensor (learned, or scheduled on the device) keeps its gradient on every backend: the
+    kernels take the weight as a float, so the head runs with 1 and the tensor multiplies."""
+    backend, device = backend_device
+    model = mlp().to(device)
+    real, fake = _data((8, 2))
+    real, fake = real.to(device), fake.to(device)
+    for kind, convention in (("wgan-gp", "stylegan2"), ("r1", "stylegan2"), ("r1", "mescheder")):
+        weight = torch.tensor(3.0, device=device, requires_grad=True)
+        with fastsn.use_backend(backend):
+            penalty = fastsn.gradient_penalty(model, real, fake, kind=kind, weight=weight, convention=convention,
+                                              generator=_gen(device, 0))
+            unit = fastsn.gradient_penalty(model, real, fake, kind=kind, weight=1.0, convention=convention,
+                                           generator=_gen(device, 0))
+        (d_weight,) = torch.autograd.grad(penalty, weight)
+        torch.testing.assert_close(penalty, 3 * unit.detach())
+        torch.testing.assert_close(d_weight, unit.detach())
+
+
+def test_dragan_std_divides_by_n():
+    """DRAGAN's numpy code: std with the N divisor, so one element gives 0 (no perturbation), not torch.std's NaN."""
+    real = torch.randn(4, 3)
+    x = penalty_inputs(("dragan",), real, None, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(real.shape, generator=generator)
+    eps = torch.rand(4, generator=generator).view(4, 1)
+    torch.testing.assert_close(x, real + eps * 0.5 * real.std(correction=0) * noise)
+    one = torch.randn(1, 1)
+    assert torch.equal(penalty_inputs(("dragan",), one, None), one)
+    assert torch.isfinite(fastsn.gradient_penalty(torch.nn.Linear(1, 1), one, kind="dragan"))
 
 
 class _Constant(torch.nn.Module):

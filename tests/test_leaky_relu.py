@@ -67,26 +67,33 @@ def test_converted_d_gives_torch_penalty_and_every_grad(backend_device, kind, in
 
 @pytest.mark.parametrize("how", ["grad", "backward-inputs"])
 def test_penalty_gradients_by_autograd_grad_and_backward_inputs(backend_device, how):
-    """autograd.grad(penalty, parameters) and penalty.backward(inputs=parameters) give every parameter torch's
-    gradient (zeros, not missing, for the biases under the activations)."""
+    """autograd.grad(penalty, parameters) and penalty.backward(inputs=parameters) give torch's gradients (zeros, not
+    missing, for the biases under the activations), asking for each parameter alone, all but one, or all:
+    autograd.grad() asking only for the first layer's bias used to get None (or its error without allow_unused)
+    where torch gives zeros."""
     backend, device = backend_device
     reference = _discriminator(device, False)
     converted = fastsn.convert_leaky_relu(copy.deepcopy(reference))
     real = torch.randn(5, 3, 8, 8, device=device, dtype=torch.float64)
-    results = []
-    for model in (reference, converted):
-        params = list(model.parameters())
-        with fastsn.use_backend(backend):
-            penalty = fastsn.gradient_penalty(model, real, kind="r1")
-        if how == "grad":
-            results.append(torch.autograd.grad(penalty, params, allow_unused=True))  # (the last bias gets none)
-        else:
-            penalty.backward(inputs=params)
-            results.append([p.grad for p in params])
-    for (name, _), got, want in zip(reference.named_parameters(), *results[::-1]):
-        assert (got is None) == (want is None), name
-        if want is not None:
-            torch.testing.assert_close(got, want, msg=name)
+    names = [name for name, _ in reference.named_parameters()]
+    every = 2 ** len(names) - 1
+    for mask in [1 << i for i in range(len(names))] + [every ^ (1 << i) for i in range(len(names))] + [every]:
+        chosen = [name for i, name in enumerate(names) if mask >> i & 1]
+        results = []
+        for model in (reference, converted):
+            model.zero_grad(set_to_none=True)
+            params = [dict(model.named_parameters())[name] for name in chosen]
+            with fastsn.use_backend(backend):
+                penalty = fastsn.gradient_penalty(model, real, kind="r1")
+            if how == "grad":
+                results.append(torch.autograd.grad(penalty, params, allow_unused=True))  # (the last bias: none)
+            else:
+                penalty.backward(inputs=params)
+                results.append([p.grad for p in params])
+        for name, got, want in zip(chosen, *results[::-1]):
+            assert (got is None) == (want is None), (chosen, name)
+            if want is not None:
+                torch.testing.assert_close(got, want, msg=f"{chosen} {name}")
 
 
 def test_convert_root_and_fallbacks():

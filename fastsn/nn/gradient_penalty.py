@@ -13,7 +13,8 @@ batch):
               ``convention="mescheder"`` gives weight * mean(|g_i|^2), as Mescheder et al.'s code (GAN_stability)
               computes it. ``center`` does not apply.
     dragan    weight * mean((|g_i| - center)^2) at x_i = real_i + e_i * 0.5 * std(real) * n_i, n_i ~ U[0, 1)
-              elementwise, e_i ~ U[0, 1) per sample, std over the whole batch (Kodali et al. 2017, as their code).
+              elementwise, e_i ~ U[0, 1) per sample, std over the whole batch with the N divisor (Kodali et al.
+              2017, as their numpy code; a batch of one element has std 0, not torch.std's NaN).
 ``kind=("r1", "r2")`` computes both in ONE forward and double backward over cat([real, fake]) and returns their sum;
 that needs a discriminator that treats samples independently (no batch statistics, no minibatch layers).
 """
@@ -89,7 +90,7 @@ def penalty_inputs(kinds: tuple[str, ...], real: Optional[torch.Tensor], fake: O
     if kind == "dragan":
         x = real.detach()
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        perturbed = x + 0.5 * x.std() * noise
+        perturbed = x + 0.5 * x.std(correction=0) * noise
         return interpolate(perturbed, x, draw_eps(x, generator))  # x + e_i * (perturbed - x)
     return interpolate(real.detach(), fake.detach(), draw_eps(real, generator))
 
@@ -97,6 +98,8 @@ def penalty_inputs(kinds: tuple[str, ...], real: Optional[torch.Tensor], fake: O
 def _warn_if_samples_mix(discriminator: torch.nn.Module) -> None:
     """kind=("r1", "r2") runs real and fake through D as one batch: warn where a layer of D is known to mix the
     samples of a batch (then the sum differs from r1 + r2 taken apart). Other such layers cannot be told apart."""
+    if not isinstance(discriminator, torch.nn.Module):  # a function: nothing to look into
+        return
     for name, module in discriminator.named_modules():
         batch_norm = isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and (
             module.training or not module.track_running_stats)
@@ -120,9 +123,6 @@ def _scores(discriminator: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _input_gradients(scores: torch.Tensor, x: torch.Tensor, scaler: Optional["torch.amp.GradScaler"]
                      ) -> torch.Tensor:
     """dsum(D)/dx with its graph (create_graph), unscaled when a GradScaler scaled it (PyTorch's AMP recipe)."""
-    if not torch.is_grad_enabled():
-        raise RuntimeError("gradient_penalty(): needs grad mode, which is off (called under torch.no_grad() or "
-                           "torch.inference_mode())")
     total = scores.sum()
     if not total.requires_grad:
         raise ValueError("gradient_penalty(): the discriminator's output does not depend on its input (no "
@@ -149,6 +149,8 @@ def penalty_from_gradients(grad: torch.Tensor, kind: str, weight: float, center:
     """
     if kind in ("r1", "r2") and convention == "stylegan2":
         weight = weight / 2
+    if isinstance(weight, torch.Tensor):  # (a learned or scheduled weight keeps its gradient: the kernels take floats)
+        return weight * gradient_penalty_head(grad.reshape(grad.shape[0], -1), MODES[kind], 1.0, center)
     return gradient_penalty_head(grad.reshape(grad.shape[0], -1), MODES[kind], weight, center)
 
 
@@ -184,6 +186,9 @@ def gradient_penalty(discriminator: torch.nn.Module, real: Optional[torch.Tensor
         raise ValueError(f"gradient_penalty(): argument 'convention' must be one of {CONVENTIONS}, got "
                          f"{convention!r}")
     _check_inputs(kinds, real, fake)
+    if not torch.is_grad_enabled():  # (before D runs: its forward may update buffers, e.g. a power iteration)
+        raise RuntimeError("gradient_penalty(): needs grad mode, which is off (called under torch.no_grad() or "
+                           "torch.inference_mode())")
     if len(kinds) > 1:
         _warn_if_samples_mix(discriminator)
     x = penalty_inputs(kinds, real, fake, generator).requires_grad_(True)
@@ -223,16 +228,17 @@ class GradientPenalty(torch.nn.Module):
                 fake: Optional[torch.Tensor] = None, *, scaler: Optional["torch.amp.GradScaler"] = None,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """The penalty times ``every`` on an applying call, else a zero scalar (no graph) on the inputs' device."""
-        apply = self.calls % self.every == 0
-        self.calls += 1
         if real is None and fake is None:
             raise ValueError("GradientPenalty(): needs argument 'real' or 'fake'")
-        if not apply:
+        if self.calls % self.every != 0:
+            self.calls += 1
             like = real if real is not None else fake
             return torch.zeros((), device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
-        return self.every * gradient_penalty(discriminator, real, fake, kind=self.kind, weight=self.weight,
-                                             center=self.center, scaler=scaler, generator=generator,
-                                             convention=self.convention)
+        penalty = self.every * gradient_penalty(discriminator, real, fake, kind=self.kind, weight=self.weight,
+                                                center=self.center, scaler=scaler, generator=generator,
+                                                convention=self.convention)
+        self.calls += 1  # a call that raised is not counted: the schedule stays where it was
+        return penalty
 
     def get_extra_state(self) -> dict:
         return {"calls": self.calls}

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 # per running backward pass (graph task id): the autograd nodes walked, the AccumulateGrad nodes found, and whether
-# the pass is an autograd.grad() (None: not known yet)
+# one of them is executed (only a backward() executes AccumulateGrad nodes: an autograd.grad() captures its inputs)
 _tasks: dict[int, list] = {}
 
 
@@ -45,8 +45,8 @@ def zero_fill_leaves_below(node, edge: int = 0) -> bool:
 
     Returns:
         True where the caller should send the zero gradient itself instead: a leaf right below (the zero costs
-        nothing there), or an autograd.grad() that wants a gradient below that input (it accumulates into no leaf;
-        the pass then computes what it asked for). Nothing is filled in then.
+        nothing there), or an autograd.grad() that wants a gradient below that input (it accumulates into no leaf,
+        and returns torch's zeros, not None, for any of its inputs down there). Nothing is filled in then.
     """
     below = node.next_functions[edge][0]
     if below is None:
@@ -57,10 +57,11 @@ def zero_fill_leaves_below(node, edge: int = 0) -> bool:
         return False  # backward(inputs=...) or autograd.grad() wanting nothing below
     task = torch._C._current_graph_task_id()
     if task not in _tasks:
-        _tasks[task] = [set(), [], None]
+        _tasks[task] = [set(), [], False]
         torch.autograd.Variable._execution_engine.queue_callback(lambda: _fill_leaves(task))
     entry = _tasks[task]
     walked, accumulators = entry[0], entry[1]
+    found = len(accumulators)
     stack = [below]
     while stack:
         following = stack.pop()
@@ -71,6 +72,7 @@ def zero_fill_leaves_below(node, edge: int = 0) -> bool:
             accumulators.append(following)
         else:
             stack.extend(below for below, _ in following.next_functions if below is not None)
-    if entry[2] is None and accumulators:
-        entry[2] = _will_execute(accumulators[0]) is None
-    return bool(entry[2])
+    # `below` runs, so in a backward() some leaf below it accumulates (found by this walk or an earlier one); in an
+    # autograd.grad() none does (the engine refuses to say for the inputs it captures, and says no for the others)
+    entry[2] = entry[2] or any(_will_execute(node) for node in accumulators[found:])
+    return not entry[2]

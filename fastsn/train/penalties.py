@@ -6,7 +6,8 @@ fastsn's documented conventions, so seeded runs of both backends see the same nu
                                              (float32, float64 for float64 samples)
     wgan-lp  w * mean(max(0, |g_i| - 1)^2)   at the same points
     r1, r2   w / 2 * mean(|g_i|^2)           at real (r1) or fake (r2) (StyleGAN2's gamma / 2)
-    dragan   w * mean((|g_i| - 1)^2)         at x_i = real_i + e_i * 0.5 std(real) n_i, n = torch.rand(real.shape)
+    dragan   w * mean((|g_i| - 1)^2)         at x_i = real_i + e_i * 0.5 std(real) n_i, n = torch.rand(real.shape),
+                                             std with the N divisor
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _points(kind: str, real: torch.Tensor, fake: torch.Tensor, generator: Option
     eps_dtype = torch.float64 if real.dtype == torch.float64 else torch.float32  # fastsn draws in this dtype
     if kind == "dragan":
         noise = torch.rand(real.shape, generator=generator, device=real.device, dtype=real.dtype)
-        perturbed = real + 0.5 * real.std() * noise
+        perturbed = real + 0.5 * real.std(correction=0) * noise  # the N divisor, as DRAGAN's numpy code
         eps = torch.rand(real.shape[0], generator=generator, device=real.device, dtype=eps_dtype).view(shape)
         return eps * perturbed + (1 - eps) * real
     eps = torch.rand(real.shape[0], generator=generator, device=real.device, dtype=eps_dtype).view(shape)

@@ -96,6 +96,29 @@ def test_penalty_gradients_by_autograd_grad_and_backward_inputs(backend_device, 
                 torch.testing.assert_close(got, want, msg=f"{chosen} {name}")
 
 
+class _ScaleInPlace(torch.nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mul_(2.0)  # (as Dropout(inplace=True) or h += skip after an activation)
+
+
+def test_output_may_be_changed_in_place(backend_device):
+    """As torch's LeakyReLU, fastsn's saves its input, not its output: a D that changes the activation's output in
+    place trains, and gives torch's penalty and gradients (fastsn used to raise torch's in-place error)."""
+    backend, device = backend_device
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.LeakyReLU(0.2), _ScaleInPlace(),
+                                    torch.nn.Linear(6, 6), torch.nn.LeakyReLU(0.2), _ScaleInPlace(),
+                                    torch.nn.Linear(6, 1)).to(device=device, dtype=torch.float64)
+    converted = fastsn.convert_leaky_relu(copy.deepcopy(reference))
+    real = torch.randn(5, 3, device=device, dtype=torch.float64)
+    for model in (reference, converted):
+        with fastsn.use_backend(backend):
+            (model(real).sum() + fastsn.gradient_penalty(model, real, kind="r1")).backward()
+    for (name, want), got in zip(reference.named_parameters(), converted.parameters()):
+        assert (got.grad is None) == (want.grad is None), name
+        torch.testing.assert_close(got.grad, want.grad, msg=name)
+
+
 def test_convert_root_and_fallbacks():
     converted = fastsn.convert_leaky_relu(torch.nn.LeakyReLU(0.2, inplace=True))
     assert type(converted) is fastsn.nn.LeakyReLU and converted.negative_slope == 0.2 and not converted.inplace

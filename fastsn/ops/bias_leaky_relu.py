@@ -134,7 +134,11 @@ def _backward_fake(grad, y, negative_slope, gain):
 
 def _forward_setup_context(ctx, inputs, output):
     x, bias, dim, negative_slope, gain = inputs
-    ctx.save_for_backward(output)
+    # The gradient's mask, y > 0, is x > 0 without a bias (negative_slope >= 0, gain > 0): then x is saved, as
+    # torch's leaky_relu saves its input, so that an in-place op on y afterwards (a Dropout(inplace=True), h += skip)
+    # works as with torch. With a bias, x + bias exists only as y (as in StyleGAN2's fused op).
+    ctx.save_for_backward(x if bias is None else output)
+    ctx.fastsn_activation = True  # (told apart from other nodes by _backward_grad)
     # An absent gradient stays None instead of becoming zeros, which would run every layer below (see
     # fastsn/ops/_zero_fill.py): a gradient penalty's second backward reaches here only through the saved y.
     ctx.set_materialize_grads(False)
@@ -164,8 +168,8 @@ def _forward_grads(ctx, grad: Optional[torch.Tensor], suffix: str):
         zero_bias = y.new_zeros(y.shape[ctx.dim]) if ctx.has_bias and ctx.needs_input_grad[1] else None
         # under autograd.grad() asking for a gradient below, the zero itself goes down, as with torch
         return (torch.zeros_like(y) if send_zeros else None), zero_bias
-    (y,) = ctx.saved_tensors
-    dx = _backward_call(grad, y, ctx.negative_slope, ctx.gain, suffix)
+    (mask,) = ctx.saved_tensors  # x or y: their signs agree
+    dx = _backward_call(grad, mask, ctx.negative_slope, ctx.gain, suffix)
     dbias = None
     if ctx.has_bias and ctx.needs_input_grad[1]:
         others = [d for d in range(dx.dim()) if d != ctx.dim]
@@ -186,21 +190,27 @@ def _backward_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _backward_grad(ctx, grad_of_dx: Optional[torch.Tensor], suffix: str) -> Optional[torch.Tensor]:
+def _backward_grad(ctx, grad_of_dx: Optional[torch.Tensor], suffix: str
+                   ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The gradients of bias_leaky_relu_backward(grad, mask) for grad and mask (mask: the forward's x or y)."""
     if grad_of_dx is None:
-        return None
-    (y,) = ctx.saved_tensors
-    if isinstance(y.grad_fn, torch.autograd.function.BackwardCFunction):
-        # the forward's node (y from elsewhere has another node, or none): told that y's zero gradient was not
-        # sent, see _forward_grads
-        y.grad_fn.y_pruned_in = torch._C._current_graph_task_id()
-    # dx is linear in grad with the same mask; the mask does not change with y almost everywhere
-    return _backward_call(grad_of_dx, y, ctx.negative_slope, ctx.gain, suffix)
+        return None, None
+    (mask,) = ctx.saved_tensors
+    # dx is linear in grad with the same mask; the mask does not change almost everywhere: its gradient is zero,
+    # which torch sends down as a tensor. fastsn sends none, and the leaves below end the pass with zeros
+    # (fastsn/ops/_zero_fill.py): through the forward's node when the mask is its y (told here that y's zero was not
+    # sent, see _forward_grads), else from here
+    d_mask = None
+    if getattr(mask.grad_fn, "fastsn_activation", False):
+        mask.grad_fn.y_pruned_in = torch._C._current_graph_task_id()
+    elif ctx.needs_input_grad[1] and zero_fill_leaves_below(ctx, 1):
+        d_mask = torch.zeros_like(mask)
+    return _backward_call(grad_of_dx, mask, ctx.negative_slope, ctx.gain, suffix), d_mask
 
 
 def _make_backward_backward(suffix: str):
     def backward(ctx, grad_of_dx):
-        return _backward_grad(ctx, grad_of_dx, suffix), None, None, None
+        return *_backward_grad(ctx, grad_of_dx, suffix), None, None
     return backward
 
 
@@ -229,7 +239,7 @@ class _BackwardFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_of_dx):
-        return _backward_grad(ctx, grad_of_dx, ctx.suffix), None, None, None, None
+        return *_backward_grad(ctx, grad_of_dx, ctx.suffix), None, None, None
 
 
 for _suffix in ("", "_triton"):

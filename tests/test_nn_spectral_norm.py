@@ -237,6 +237,47 @@ def test_pickle_and_deepcopy(backend_device, api):
         torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), expected)
 
 
+@pytest.mark.parametrize("api", APIS)
+def test_jit_trace_saves_and_loads(backend_device, api):
+    """torch.jit.trace records the registered ops (not the eager autograd.Function, a Python call that
+    torch.jit.save cannot export), so a traced model with fastsn's spectral norm and activation saves and loads, in
+    grad mode as torch's does; the loaded model gives the same output."""
+    backend, device = backend_device
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(FASTSN_SN[api](torch.nn.Linear(5, 4)), fastsn.nn.FusedLeakyReLU(4),
+                                fastsn.nn.LeakyReLU(0.2), FASTSN_SN[api](torch.nn.Linear(4, 1))).to(device).eval()
+    x = torch.randn(3, 5, device=device)
+    with fastsn.use_backend(backend):
+        expected = model(x)
+        traced = torch.jit.trace(model, (x,), check_trace=False)
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    with fastsn.use_backend(backend):
+        torch.testing.assert_close(torch.jit.load(buffer)(x), expected)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["layer", "grouped"])
+def test_power_iteration_bumps_the_version_of_u_and_v(backend_device, grouped):
+    """As torch's in-place updates: a graph that saved u (here a user's own sigma) refuses to backward after a
+    training forward updated it, instead of a gradient from the new u (the kernels bumped no version counter)."""
+    backend, device = backend_device
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(FASTSN_SN["parametrizations"](torch.nn.Linear(5, 4))).to(device)
+    function, weight = model[0].parametrizations.weight[0], model[0].parametrizations.weight.original
+    sigma = torch.dot(function._u, weight @ function._v)
+    before = function._u._version, function._v._version
+    with fastsn.use_backend(backend):
+        if grouped:
+            with fastsn.grouped_spectral_norm(model):
+                model(torch.randn(3, 5, device=device))
+        else:
+            model(torch.randn(3, 5, device=device))
+    assert function._u._version > before[0] and function._v._version > before[1]
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        sigma.backward()
+
+
 def _raised(call):
     try:
         call()

@@ -4,18 +4,24 @@ An op with ``torch.library.register_autograd`` pays, on every differentiable cal
 arguments (defaults filled in, lists flattened and rebuilt): about 10 us a call on the 2-core VM, 110 us for a
 grouped op over 11 weights, as much as the kernels of a small discriminator. The functional ops therefore call,
 in eager mode, an ``autograd.Function`` per op with the same setup_context and backward as its registration, and
-run the op below autograd inside it. The registration stays what torch.compile traces and what direct
-``torch.ops.fastsn`` calls and ``opcheck`` use; tests check that both give the same gradients to second order.
+run the op below autograd inside it. The registration stays what torch.compile and torch.jit.trace record and what
+direct ``torch.ops.fastsn`` calls and ``opcheck`` use; tests check that both give the same gradients to second order.
 """
 from __future__ import annotations
 
 import torch
 
 
+def tracing() -> bool:
+    """Whether torch.compile or torch.jit.trace is recording the call: both record the registered op (an
+    ``autograd.Function`` would be a Python call in a TorchScript graph, which ``torch.jit.save`` cannot export)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def eager_autograd() -> bool:
     """Whether a differentiable call should take the op's eager ``autograd.Function``: grad mode on and not
-    tracing for torch.compile (which traces the registered op instead)."""
-    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    tracing (see :func:`tracing`)."""
+    return torch.is_grad_enabled() and not tracing()
 
 
 def below_autograd(op, *args):

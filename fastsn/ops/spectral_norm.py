@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from fastsn import _backend, _extension
 from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
-from fastsn.ops._eager import below_autograd, eager_autograd
+from fastsn.ops._eager import below_autograd, eager_autograd, tracing
 
 OP = "fastsn::spectral_norm"
 
@@ -338,6 +338,13 @@ def _kernel(name: str, backend: str):
     return getattr(torch.ops.fastsn, name + _backend_suffix(backend))
 
 
+def _mark_written(tensors: list[torch.Tensor]) -> None:
+    """Bump the version counters of the u and v that a kernel wrote in place, as torch's in-place ops do, so that
+    autograd refuses a graph that saved their old values (the dispatcher bumps none for ops defined in C++)."""
+    if tensors and not tracing():  # (traced graphs record the mutation through the op's schema instead)
+        torch.autograd.graph.increment_version(tensors)
+
+
 def spectral_norm_power_iteration(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int = 0,
                                   n_power_iterations: int = 1, eps: float = 1e-12, u_first: bool = True, *,
                                   backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -349,8 +356,10 @@ def spectral_norm_power_iteration(weight: torch.Tensor, u: torch.Tensor, v: torc
     name = _backend.resolve("spectral_norm", weight.device, backend)
     if name == "ref":
         return spectral_norm_power_iteration_ref(weight, u, v, dim, n_power_iterations, eps, u_first)
-    return _kernel("spectral_norm_power_iteration", name)(weight.detach(), u, v, dim, n_power_iterations, eps,
-                                                            u_first)
+    out = _kernel("spectral_norm_power_iteration", name)(weight.detach(), u, v, dim, n_power_iterations, eps, u_first)
+    if n_power_iterations:
+        _mark_written([u, v])
+    return out
 
 
 def spectral_norm_normalize(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
@@ -381,8 +390,10 @@ def spectral_norm_grouped_power_iteration(weights: list[torch.Tensor], us: list[
     name = _backend.resolve("spectral_norm", weights[0].device, backend)
     if name == "ref":
         return spectral_norm_grouped_power_iteration_ref(weights, us, vs, dims, n_power_iterations, eps, u_first)
-    return _kernel("spectral_norm_grouped_power_iteration", name)(
+    out = _kernel("spectral_norm_grouped_power_iteration", name)(
         [w.detach() for w in weights], us, vs, dims, n_power_iterations, eps, u_first)
+    _mark_written([t for u, v, n in zip(us, vs, n_power_iterations) if n for t in (u, v)])
+    return out
 
 
 def spectral_norm_grouped_normalize(weights: list[torch.Tensor], us: torch.Tensor, vs: torch.Tensor,

@@ -161,6 +161,28 @@ def test_named_kernel_backend_under_torch_func_grad_and_jvp_raises(monkeypatch):
     torch.testing.assert_close(auto_tangent, torch.func.jvp(fastsn.ops.bias_leaky_relu_ref, (x,), (tangent,))[1])
 
 
+@pytest.mark.skipif(not _extension.loaded(), reason="needs fastsn._C")
+def test_named_kernel_backend_under_vmap_with_parameters_that_require_grad(monkeypatch):
+    """vmap over inputs through layers whose parameters require grad (a spectral-normalized Linear, FusedLeakyReLU)
+    runs the kernels through the ops' registered autograd, then backward works (the eager autograd.Functions have no
+    vmap rule: this raised before)."""
+    monkeypatch.delenv("FASTSN_BACKEND", raising=False)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(fastsn.spectral_norm(torch.nn.Linear(5, 4)), fastsn.nn.FusedLeakyReLU(4),
+                                fastsn.spectral_norm(torch.nn.Linear(4, 1))).eval()
+    x = torch.randn(6, 2, 5)  # vmap over dim 0: samples of (2, 5), FusedLeakyReLU's channels at dim 1
+    expected = torch.stack([model(sample) for sample in x])
+    expected.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with fastsn.use_backend("cpu"):
+        got = torch.vmap(model)(x)
+        got.sum().backward()
+    torch.testing.assert_close(got, expected)
+    for p, want in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, want)
+
+
 def test_available_backends_lists_ref_everywhere():
     assert fastsn.available_backends("build_info", "cpu")[-1] == "ref"
     assert fastsn.available_backends("build_info", "meta") == ["ref"]

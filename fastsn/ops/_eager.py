@@ -18,10 +18,18 @@ def tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
+def use_registration() -> bool:
+    """Whether a call should go through the op's registration and its torch.library autograd rather than the eager
+    ``autograd.Function``: while tracing (see :func:`tracing`), and inside torch.func transforms, which take an
+    ``autograd.Function`` only with a setup_context and a vmap rule (the registration's autograd runs under vmap;
+    grad transforms refuse the kernel backends before)."""
+    return tracing() or torch._C._are_functorch_transforms_active()
+
+
 def eager_autograd() -> bool:
     """Whether a differentiable call should take the op's eager ``autograd.Function``: grad mode on and not
-    tracing (see :func:`tracing`)."""
-    return torch.is_grad_enabled() and not tracing()
+    :func:`use_registration`."""
+    return torch.is_grad_enabled() and not use_registration()
 
 
 def below_autograd(op, *args):

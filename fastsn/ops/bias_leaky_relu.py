@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from fastsn import _backend, _extension
 from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
-from fastsn.ops._eager import below_autograd, tracing
+from fastsn.ops._eager import below_autograd, use_registration
 from fastsn.ops._zero_fill import zero_fill_leaves_below
 
 OP = "fastsn::bias_leaky_relu"
@@ -112,7 +112,7 @@ def bias_leaky_relu(x: torch.Tensor, bias: Optional[torch.Tensor] = None, negati
     if name == "ref":
         return bias_leaky_relu_ref(x, bias, negative_slope, gain, dim)
     args = (x, bias, dim, float(negative_slope), float(gain))
-    if tracing():  # torch.compile and torch.jit.trace record the registered op and its autograd
+    if use_registration():  # traced, or in a torch.func transform: the registered op and its autograd
         return _kernel("bias_leaky_relu", name)(*args)
     if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
         return _ForwardFunction.apply(*args, _backend_suffix(name))
@@ -150,7 +150,7 @@ def _backward_call(grad: torch.Tensor, y: torch.Tensor, negative_slope: float, g
     differentiated again (create_graph=True), else straight to the kernel (the registered autograd kernel would
     only pass the call on, after about 5 us of Python; a penalty's second backward makes one per activation)."""
     op = getattr(torch.ops.fastsn, "bias_leaky_relu_backward" + suffix)
-    if tracing():
+    if use_registration():
         return op(grad, y, negative_slope, gain)
     if torch.is_grad_enabled() and (grad.requires_grad or y.requires_grad):
         return _BackwardFunction.apply(grad, y, negative_slope, gain, suffix)

@@ -13,7 +13,7 @@ import torch
 
 from fastsn import _backend, _extension
 from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
-from fastsn.ops._eager import below_autograd, tracing
+from fastsn.ops._eager import below_autograd, use_registration
 
 OP = "fastsn::interpolate"
 
@@ -117,7 +117,7 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, eps: Optional[torch.Tens
     if name == "ref":
         return interpolate_ref(real, fake, eps)
     op = _kernel("interpolate", name)
-    if tracing() or (torch.is_grad_enabled() and (
+    if use_registration() or (torch.is_grad_enabled() and (
             real.requires_grad or fake.requires_grad or eps.requires_grad)):
         return op(real, fake, eps)  # through the registered autograd
     # no graph to record (a penalty detaches real and fake): straight to the kernel, without the ~8 us of Python

@@ -555,6 +555,39 @@ def test_grouped_leaves_torch_spectral_norms_alone(backend_device):
     assert all(p.grad is not None for p in model.parameters())
 
 
+class _Double(torch.nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * 2.0
+
+
+@pytest.mark.parametrize("case", ["torch", "chained", "buffer"])
+def test_grouped_caches_what_it_leaves_out_as_cached_does(backend_device, case):
+    """Spectral norms the grouped ops leave out (torch's, one chained after another parametrization, one on a
+    buffer) are computed once per block, as under parametrize.cached(): two forwards see one power iteration."""
+    backend, device = backend_device
+    outputs = []
+    for grouped in (False, True):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(6, 5)
+        if case == "chained":
+            parametrize.register_parametrization(layer, "weight", _Double())
+        if case == "buffer":
+            weight = layer.weight.detach().clone()
+            del layer.weight
+            layer.register_buffer("weight", weight)
+        (TORCH_SN if case == "torch" else FASTSN_SN)["parametrizations"](layer)
+        function = layer.parametrizations.weight[-1]
+        with torch.no_grad():  # far from converged (registration ran 15 iterations), so that each one shows
+            function._u.copy_(F.normalize(torch.randn(5), dim=0))
+            function._v.copy_(F.normalize(torch.randn(6), dim=0))
+        layer.to(device)
+        x = torch.randn(3, 6, device=device)
+        with fastsn.use_backend(backend), (fastsn.grouped_spectral_norm(layer) if grouped else parametrize.cached()):
+            outputs.append((layer(x), layer(x), layer.parametrizations.weight[-1]._u.clone()))
+    for got, want in zip(*outputs[::-1]):
+        _assert_close(got, want)
+
+
 @pytest.mark.parametrize("api", APIS)
 def test_under_autocast(backend_device, api):
     """Under autocast the spectral norm still runs on the float32 weight; the layer then casts as usual."""

@@ -61,7 +61,8 @@ def grouped_spectral_norm(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     weights, as under ``torch.nn.utils.parametrize.cached()``: each u and v is updated once per block (in training
     mode), however many forwards the block runs, and gradients flow to every weight through one fused backward.
     Weights of another device or dtype form their own group. torch's own spectral norms, spectral norms chained
-    with other parametrizations, and complex weights are computed layer by layer as usual.
+    with other parametrizations or registered on a buffer, and complex weights are computed layer by layer, and
+    cached as under ``parametrize.cached()`` (the block runs inside it) where they are parametrizations.
 
     Unlike ``parametrize.cached()``, which computes each weight at its first use, the block computes them all on
     entry: in the grad mode and train/eval mode of that moment (enter it after ``model.train()``/``eval()``, with
@@ -89,6 +90,9 @@ def grouped_spectral_norm(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             table[entry.key] = weight if weight.shape == entry.shape else weight.view(entry.shape)
     outer, _grouped._table = _grouped._table, table  # blocks nest: the inner one wins, the outer comes back
     try:
-        yield model
+        # the parametrizations the groups leave out (torch's spectral norms, chains, weights held as buffers) are
+        # cached as under parametrize.cached(): computed at their first use, once per block
+        with torch.nn.utils.parametrize.cached():
+            yield model
     finally:
         _grouped._table = outer

@@ -233,6 +233,45 @@ def test_opcheck(backend, device):
                           (torch.randn(3, 4, 5, device=device, requires_grad=True), y, 0.2, 1.4))
 
 
+@pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
+def test_opcheck_channels_last(backend, device):
+    """The fake kernels give the layouts the kernels give (channels-last kept, or contiguous)."""
+    suffix = "_triton" if backend == "triton" else ""
+    _backend.resolve(OP, device, backend)
+    ops = torch.ops.fastsn
+    for shape, layout in (((2, 3, 4, 5), torch.channels_last), ((2, 3, 2, 2, 3), torch.channels_last_3d)):
+        x = torch.randn(shape, device=device).to(memory_format=layout).requires_grad_()
+        bias = torch.randn(3, device=device, requires_grad=True)
+        for args in ((x, bias, 1, 0.2, 1.4), (x, None, 1, 0.2, 1.4), (x, torch.randn(shape[2], device=device), 2, 0.2, 1.0)):
+            torch.library.opcheck(getattr(ops, "bias_leaky_relu" + suffix).default, args)
+        y = getattr(ops, "bias_leaky_relu" + suffix)(x.detach(), None, 1, 0.2, 1.4)
+        for grad in (torch.randn_like(y).requires_grad_(), torch.randn(shape, device=device, requires_grad=True)):
+            torch.library.opcheck(getattr(ops, "bias_leaky_relu_backward" + suffix).default, (grad, y, 0.2, 1.4))
+
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("layout", ["channels_last", "channels_last_3d"])
+def test_channels_last_stays_channels_last(backend_device, with_bias, layout):
+    """As torch's elementwise ops: a channels-last x gives a channels-last y (without a bias, or with one along
+    dim 1) and gradients of every order equal torch's formula (the kernels used to return contiguous tensors)."""
+    backend, device = backend_device
+    shape, memory_format = ((2, 3, 4, 5), torch.channels_last) if layout == "channels_last" else \
+        ((2, 3, 2, 3, 4), torch.channels_last_3d)
+    x = torch.randn(shape, dtype=torch.float64, device=device).to(memory_format=memory_format).requires_grad_()
+    bias = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True) if with_bias else None
+    ours = blr.bias_leaky_relu(x, bias, 0.2, 1.4, backend=backend)
+    theirs = F.leaky_relu(x if bias is None else x + bias.view(1, 3, *([1] * (x.dim() - 2))), 0.2) * 1.4
+    assert ours.is_contiguous(memory_format=memory_format) and theirs.is_contiguous(memory_format=memory_format)
+    weights = torch.randn_like(theirs)
+    grads = []
+    for y in (ours, theirs):
+        (gx,) = torch.autograd.grad((y * y * weights).sum(), x, create_graph=True)
+        (gx2,) = torch.autograd.grad((gx * gx).sum(), x)
+        grads.append((y, gx, gx2))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want)
+
+
 BAD_ARGS = [
     (lambda d: dict(x=torch.ones(3, 4, dtype=torch.int64, device=d)), "argument 'x' must be float16"),
     (lambda d: dict(bias=torch.ones(5, device=d)), r"argument 'bias' must have shape \(4,\)"),

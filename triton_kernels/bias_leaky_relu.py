@@ -1,6 +1,7 @@
-"""Triton kernels of ``fastsn::bias_leaky_relu_triton`` and its backward: each program handles BLOCK contiguous
-elements (x seen as (outer, C, inner) around ``dim``: the channel of flat index i is (i // inner) % C), in float32
-for float16/bfloat16 and float64 for float64."""
+"""Triton kernels of ``fastsn::bias_leaky_relu_triton`` and its backward: each program handles BLOCK consecutive
+elements of dense memory (contiguous, or channels-last kept where the pass is flat; with a bias x is contiguous, seen
+as (outer, C, inner) around ``dim``: the channel of flat index i is (i // inner) % C), in float32 for
+float16/bfloat16 and float64 for float64."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastsn.ops.bias_leaky_relu import check_bias_leaky_relu_args
+from fastsn.ops.bias_leaky_relu import backward_format, check_bias_leaky_relu_args, forward_format
 from fastsn.triton_kernels._common import acc_tl, on_device, scalars
 
 BLOCK = 1024
@@ -45,16 +46,18 @@ def _bias_leaky_relu_backward_kernel(grad_ptr, y_ptr, dx_ptr, n, params_ptr, ACC
 
 def bias_leaky_relu_triton(x: torch.Tensor, bias: Optional[torch.Tensor], dim: int, negative_slope: float,
                            gain: float) -> torch.Tensor:
-    """Triton implementation of :func:`fastsn.ops.bias_leaky_relu.bias_leaky_relu`: y, x's shape, contiguous."""
+    """Triton implementation of :func:`fastsn.ops.bias_leaky_relu.bias_leaky_relu`: y, x's shape, in
+    forward_format's layout."""
     dim = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain, op="fastsn::bias_leaky_relu_triton")
-    xc = x.contiguous()
-    y = torch.empty_like(xc, memory_format=torch.contiguous_format)
+    layout = forward_format(x, bias is not None, dim)
+    xc = x.contiguous(memory_format=layout)
+    y = torch.empty_like(xc, memory_format=layout)
     n = xc.numel()
     if n == 0:
         return y
     channels = xc.shape[dim] if bias is not None else 1
     inner = 1
-    if bias is not None:
+    if bias is not None and layout == torch.contiguous_format:  # (channels last: the channel is innermost)
         for size in xc.shape[dim + 1:]:
             inner *= size
     b = bias.contiguous() if bias is not None else xc  # any pointer when HAS_BIAS is off
@@ -67,14 +70,16 @@ def bias_leaky_relu_triton(x: torch.Tensor, bias: Optional[torch.Tensor], dim: i
 
 def bias_leaky_relu_backward_triton(grad: torch.Tensor, y: torch.Tensor, negative_slope: float,
                                     gain: float) -> torch.Tensor:
-    """Triton implementation of the backward: grad * gain * (y > 0 ? 1 : negative_slope), contiguous."""
+    """Triton implementation of the backward: grad * gain * (y > 0 ? 1 : negative_slope), in backward_format's
+    layout."""
     op = "fastsn::bias_leaky_relu_backward_triton"
     check_bias_leaky_relu_args(grad, None, 0, negative_slope, gain, op=op, name="grad")
     if grad.shape != y.shape or grad.dtype != y.dtype or grad.device != y.device:
         raise RuntimeError(f"{op}(): arguments 'grad' and 'y' must have one shape, dtype and device, got "
                            f"{tuple(grad.shape)} {grad.dtype} {grad.device} and {tuple(y.shape)} {y.dtype} {y.device}")
-    gc, yc = grad.contiguous(), y.contiguous()
-    dx = torch.empty_like(gc, memory_format=torch.contiguous_format)
+    layout = backward_format(grad, y)
+    gc, yc = grad.contiguous(memory_format=layout), y.contiguous(memory_format=layout)
+    dx = torch.empty_like(gc, memory_format=layout)
     n = gc.numel()
     if n == 0:
         return dx

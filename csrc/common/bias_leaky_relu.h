@@ -9,7 +9,8 @@
 
 namespace fastsn {
 
-// x contiguous, seen as (outer, channels, inner) around `dim`: the channel of flat index i is (i / inner) % channels.
+// x in forward_format's layout, seen as (outer, channels, inner) around `dim`: the channel of flat index i is
+// (i / inner) % channels (inner 1 for channels last, whose channels are innermost).
 struct BiasLeakyReluShape {
   int64_t channels = 1;
   int64_t inner = 1;
@@ -40,6 +41,29 @@ inline BiasLeakyReluShape check_bias_leaky_relu_args(const at::Tensor& x, const 
   s.channels = x.size(dim);
   for (int64_t d = dim + 1; d < x.dim(); ++d) s.inner *= x.size(d);
   return s;
+}
+
+// The layout an elementwise pass keeps: a channels-last (4-D) or channels-last-3d (5-D) dense tensor stays so, as
+// torch's elementwise ops keep it; anything else runs, and returns, contiguous. (fastsn/ops/bias_leaky_relu.py's
+// elementwise_format is the Python twin, for the Triton kernels and the fake kernels.)
+inline at::MemoryFormat elementwise_format(const at::Tensor& t) {
+  if (t.is_contiguous()) return at::MemoryFormat::Contiguous;
+  if (t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
+  if (t.dim() == 5 && t.is_contiguous(at::MemoryFormat::ChannelsLast3d)) return at::MemoryFormat::ChannelsLast3d;
+  return at::MemoryFormat::Contiguous;
+}
+
+// Forward: x's layout without a bias (the pass is flat), and with a bias along dim 1 (channels last: the channel of
+// flat index i is i % C, inner 1); else contiguous (the channel of flat index i is (i / inner) % C). Backward: grad's
+// layout where y has it too, else contiguous.
+inline at::MemoryFormat forward_format(const at::Tensor& x, bool has_bias, int64_t dim) {
+  const at::MemoryFormat format = elementwise_format(x);
+  return !has_bias || dim == 1 ? format : at::MemoryFormat::Contiguous;
+}
+
+inline at::MemoryFormat backward_format(const at::Tensor& grad, const at::Tensor& y) {
+  const at::MemoryFormat format = elementwise_format(grad);
+  return y.is_contiguous(format) ? format : at::MemoryFormat::Contiguous;
 }
 
 inline void check_bias_leaky_relu_backward_args(const at::Tensor& grad, const at::Tensor& y, double negative_slope,

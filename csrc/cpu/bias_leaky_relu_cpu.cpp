@@ -1,4 +1,5 @@
-// fastsn::bias_leaky_relu and its backward, C++ CPU kernels: one pass each over contiguous memory, in opmath
+// fastsn::bias_leaky_relu and its backward, C++ CPU kernels: one pass each over dense memory (contiguous, or
+// channels-last kept as it is where the pass is flat: see elementwise_format), in opmath
 // (float for float16/bfloat16), split across threads with at::parallel_for.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -64,10 +65,12 @@ FASTSN_SIMD_CLONES void backward_run(const scalar_t* __restrict__ grad, const sc
 at::Tensor bias_leaky_relu_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& bias, int64_t dim,
                                double negative_slope, double gain) {
   check_device(x, c10::DeviceType::CPU, "fastsn::bias_leaky_relu", "x");
-  const BiasLeakyReluShape s = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain);
-  const at::Tensor xc = x.contiguous();
+  BiasLeakyReluShape s = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain);
+  const at::MemoryFormat format = forward_format(x, bias.has_value(), dim);
+  if (format != at::MemoryFormat::Contiguous) s.inner = 1;  // channels last: the channel is the innermost index
+  const at::Tensor xc = x.contiguous(format);
   const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  at::Tensor y = at::empty_like(xc, format);
   if (xc.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "bias_leaky_relu_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -109,8 +112,9 @@ at::Tensor bias_leaky_relu_backward_cpu(const at::Tensor& grad, const at::Tensor
                                         double gain) {
   check_device(grad, c10::DeviceType::CPU, "fastsn::bias_leaky_relu_backward", "grad");
   check_bias_leaky_relu_backward_args(grad, y, negative_slope, gain);
-  const at::Tensor gc = grad.contiguous(), yc = y.contiguous();
-  at::Tensor dx = at::empty_like(gc, at::MemoryFormat::Contiguous);
+  const at::MemoryFormat format = backward_format(grad, y);
+  const at::Tensor gc = grad.contiguous(format), yc = y.contiguous(format);
+  at::Tensor dx = at::empty_like(gc, format);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gc.scalar_type(), "bias_leaky_relu_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* pg = gc.const_data_ptr<scalar_t>();

@@ -1,4 +1,5 @@
-// fastsn::bias_leaky_relu and its backward, CUDA kernels: grid-stride elementwise passes over contiguous memory,
+// fastsn::bias_leaky_relu and its backward, CUDA kernels: grid-stride elementwise passes over dense memory
+// (contiguous, or channels-last kept as it is where the pass is flat: see elementwise_format),
 // in opmath (float for float16/bfloat16), on the current stream under a device guard.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -48,11 +49,13 @@ bias_leaky_relu_backward_kernel(const scalar_t* __restrict__ grad, const scalar_
 at::Tensor bias_leaky_relu_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& bias, int64_t dim,
                                 double negative_slope, double gain) {
   check_device(x, c10::DeviceType::CUDA, "fastsn::bias_leaky_relu", "x");
-  const BiasLeakyReluShape s = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain);
+  BiasLeakyReluShape s = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous();
+  const at::MemoryFormat format = forward_format(x, bias.has_value(), dim);
+  if (format != at::MemoryFormat::Contiguous) s.inner = 1;  // channels last: the channel is the innermost index
+  const at::Tensor xc = x.contiguous(format);
   const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  at::Tensor y = at::empty_like(xc, format);
   const int64_t n = xc.numel();
   if (n == 0) return y;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
@@ -81,8 +84,9 @@ at::Tensor bias_leaky_relu_backward_cuda(const at::Tensor& grad, const at::Tenso
   check_device(grad, c10::DeviceType::CUDA, "fastsn::bias_leaky_relu_backward", "grad");
   check_bias_leaky_relu_backward_args(grad, y, negative_slope, gain);
   const c10::cuda::CUDAGuard guard(grad.device());
-  const at::Tensor gc = grad.contiguous(), yc = y.contiguous();
-  at::Tensor dx = at::empty_like(gc, at::MemoryFormat::Contiguous);
+  const at::MemoryFormat format = backward_format(grad, y);
+  const at::Tensor gc = grad.contiguous(format), yc = y.contiguous(format);
+  at::Tensor dx = at::empty_like(gc, format);
   const int64_t n = gc.numel();
   if (n == 0) return dx;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(grad.get_device()).stream();

@@ -23,7 +23,8 @@ class LeakyReLU(torch.nn.LeakyReLU):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Args: input, any shape. Returns: leaky_relu(input), input's shape (contiguous)."""
+        """Args: input, any shape. Returns: leaky_relu(input), input's shape (contiguous, or channels-last as the
+        input)."""
         if self.inplace or not self.negative_slope >= 0:
             return super().forward(input)
         return bias_leaky_relu(input, None, self.negative_slope, 1.0)

@@ -54,6 +54,31 @@ def check_bias_leaky_relu_args(x: torch.Tensor, bias: Optional[torch.Tensor], di
     return dim
 
 
+def elementwise_format(t: torch.Tensor) -> torch.memory_format:
+    """The layout an elementwise pass keeps (the C++ elementwise_format): a dense channels-last (4-D) or
+    channels-last-3d (5-D) tensor stays so, as with torch's elementwise ops; anything else becomes contiguous."""
+    if t.is_contiguous():
+        return torch.contiguous_format
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def forward_format(x: torch.Tensor, has_bias: bool, dim: int) -> torch.memory_format:
+    """The forward's layout (the C++ forward_format): x's without a bias (a flat pass) or with a bias along dim 1
+    (channels last: the channel of flat index i is i % C); else contiguous."""
+    layout = elementwise_format(x)
+    return layout if not has_bias or dim == 1 else torch.contiguous_format
+
+
+def backward_format(grad: torch.Tensor, y: torch.Tensor) -> torch.memory_format:
+    """The backward's layout: grad's where y has it too, else contiguous."""
+    layout = elementwise_format(grad)
+    return layout if y.is_contiguous(memory_format=layout) else torch.contiguous_format
+
+
 def bias_leaky_relu_ref(x: torch.Tensor, bias: Optional[torch.Tensor] = None, negative_slope: float = 0.2,
                         gain: float = 1.0, dim: int = 1) -> torch.Tensor:
     """Pure-PyTorch reference of :func:`bias_leaky_relu` (differentiable to any order by autograd).
@@ -105,7 +130,8 @@ def bias_leaky_relu(x: torch.Tensor, bias: Optional[torch.Tensor] = None, negati
         backend: as :func:`fastsn.ops.build_info`.
 
     Returns:
-        y, x's shape and dtype, contiguous; differentiable in x and bias, to any order.
+        y, x's shape and dtype, contiguous, or channels-last where x is so (without a bias, or with one along
+        dim 1), as torch's elementwise ops keep it; differentiable in x and bias, to any order.
     """
     dim = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain)
     name = _backend.resolve("bias_leaky_relu", x.device, backend)
@@ -124,12 +150,12 @@ def bias_leaky_relu(x: torch.Tensor, bias: Optional[torch.Tensor] = None, negati
 # ---------------------------------------------------------------------------------------------------------------
 
 def _forward_fake(x, bias, dim, negative_slope, gain):
-    check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain)
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    dim = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain)
+    return torch.empty_like(x, memory_format=forward_format(x, bias is not None, dim))
 
 
 def _backward_fake(grad, y, negative_slope, gain):
-    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+    return torch.empty_like(grad, memory_format=backward_format(grad, y))
 
 
 def _forward_setup_context(ctx, inputs, output):

@@ -16,6 +16,22 @@ _SCALARS: dict = {}
 MAX_LOOP_SIZE = 2**31 - 2**16
 
 
+def wide_offsets(n: int, block: int) -> bool:
+    """Whether a grid of cdiv(n, block) programs of ``block`` elements needs int64 offsets. Elementwise kernels
+    that divide their offsets (the channel or sample of an element) take int32 ones below that: a GPU divides int64
+    in a software sequence of about 70 instructions per element, more than a memory-bound pass can hide."""
+    return triton.cdiv(n, block) * block >= 2**31
+
+
+@triton.jit
+def block_offsets(WIDE: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's BLOCK consecutive flat offsets: int64 where ``WIDE`` (see :func:`wide_offsets`), else int32."""
+    pid = tl.program_id(0)
+    if WIDE:
+        pid = pid.to(tl.int64)
+    return pid * BLOCK + tl.arange(0, BLOCK)
+
+
 def check_loop_size(size: int, op: str, what: str) -> None:
     """Refuse a size the kernels' int32 loop counters would wrap on (clearly, instead of out-of-bounds access)."""
     if size >= MAX_LOOP_SIZE:

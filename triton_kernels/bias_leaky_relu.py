@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from fastsn.ops.bias_leaky_relu import backward_format, check_bias_leaky_relu_args, forward_format
-from fastsn.triton_kernels._common import acc_tl, on_device, scalars
+from fastsn.triton_kernels._common import acc_tl, block_offsets, on_device, scalars, wide_offsets
 
 BLOCK = 1024
 WARPS = 4
@@ -19,9 +19,9 @@ WARPS = 4
 
 @triton.jit
 def _bias_leaky_relu_kernel(x_ptr, bias_ptr, y_ptr, n, channels, inner, params_ptr, HAS_BIAS: tl.constexpr,
-                            ACC: tl.constexpr, BLOCK: tl.constexpr):
+                            ACC: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr):
     # params: (negative_slope, gain) in ACC, from memory: exact float64 scalars under the interpreter too
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) int64
+    offs = block_offsets(WIDE, BLOCK)  # (BLOCK,) int32, or int64 where WIDE
     mask = offs < n
     v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
     if HAS_BIAS:
@@ -64,7 +64,8 @@ def bias_leaky_relu_triton(x: torch.Tensor, bias: Optional[torch.Tensor], dim: i
     with on_device(xc):
         _bias_leaky_relu_kernel[(triton.cdiv(n, BLOCK),)](xc, b, y, n, channels, inner,
                                                           scalars(xc, float(negative_slope), float(gain)),
-                                                          bias is not None, acc_tl(xc.dtype), BLOCK, num_warps=WARPS)
+                                                          bias is not None, acc_tl(xc.dtype), BLOCK,
+                                                          wide_offsets(n, BLOCK), num_warps=WARPS)
     return y
 
 

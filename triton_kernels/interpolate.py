@@ -1,4 +1,4 @@
-"""Triton kernels of ``fastsn::interpolate_triton`` and its backward: each program handles BLOCK contiguous elements
+"""Triton kernels of ``fastsn::interpolate_triton`` and its backward: each program handles BLOCK consecutive elements
 of the (B, F) layout (the sample of flat index k is k // F, whose factor eps it loads), in float32 for
 float16/bfloat16 and float64 for float64."""
 from __future__ import annotations
@@ -8,15 +8,16 @@ import triton
 import triton.language as tl
 
 from fastsn.ops.interpolate import check_interpolate_args, check_interpolate_backward_args, opmath_dtype
-from fastsn.triton_kernels._common import acc_tl, on_device
+from fastsn.triton_kernels._common import acc_tl, block_offsets, on_device, wide_offsets
 
 BLOCK = 1024
 WARPS = 4
 
 
 @triton.jit
-def _interpolate_kernel(real_ptr, fake_ptr, eps_ptr, out_ptr, n, features, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) int64
+def _interpolate_kernel(real_ptr, fake_ptr, eps_ptr, out_ptr, n, features, ACC: tl.constexpr, BLOCK: tl.constexpr,
+                        WIDE: tl.constexpr):
+    offs = block_offsets(WIDE, BLOCK)  # (BLOCK,) int32, or int64 where WIDE
     mask = offs < n
     e = tl.load(eps_ptr + offs // features, mask=mask, other=0).to(ACC)
     r = tl.load(real_ptr + offs, mask=mask, other=0).to(ACC)
@@ -26,8 +27,8 @@ def _interpolate_kernel(real_ptr, fake_ptr, eps_ptr, out_ptr, n, features, ACC: 
 
 @triton.jit
 def _interpolate_backward_kernel(grad_ptr, eps_ptr, grad_real_ptr, grad_fake_ptr, n, features, ACC: tl.constexpr,
-                                 BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) int64
+                                 BLOCK: tl.constexpr, WIDE: tl.constexpr):
+    offs = block_offsets(WIDE, BLOCK)  # (BLOCK,) int32, or int64 where WIDE
     mask = offs < n
     e = tl.load(eps_ptr + offs // features, mask=mask, other=0).to(ACC)
     g = tl.load(grad_ptr + offs, mask=mask, other=0).to(ACC)
@@ -46,7 +47,7 @@ def interpolate_triton(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor
     e = eps.to(opmath_dtype(r.dtype)).contiguous()
     with on_device(r):
         _interpolate_kernel[(triton.cdiv(n, BLOCK),)](r, f, e, out, n, n // r.shape[0], acc_tl(r.dtype), BLOCK,
-                                                      num_warps=WARPS)
+                                                      wide_offsets(n, BLOCK), num_warps=WARPS)
     return out
 
 
@@ -62,7 +63,8 @@ def interpolate_backward_triton(grad: torch.Tensor, eps: torch.Tensor) -> tuple[
     e = eps.to(opmath_dtype(g.dtype)).contiguous()
     with on_device(g):
         _interpolate_backward_kernel[(triton.cdiv(n, BLOCK),)](g, e, grad_real, grad_fake, n, n // g.shape[0],
-                                                               acc_tl(g.dtype), BLOCK, num_warps=WARPS)
+                                                               acc_tl(g.dtype), BLOCK, wide_offsets(n, BLOCK),
+                                                               num_warps=WARPS)
     return grad_real, grad_fake
 
 

@@ -186,3 +186,25 @@ def test_kernels_check_their_own_arguments(backend, device):
                                              torch.rand(3, device=device))
     with pytest.raises(RuntimeError, match=r"argument 'eps' must have shape \(2,\)"):
         getattr(ops, "interpolate_backward" + suffix)(torch.randn(2, 4, device=device), torch.rand(3, device=device))
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["int32-offsets", "int64-offsets"])
+def test_triton_offsets_of_either_width(monkeypatch, wide):
+    """The Triton elementwise kernels take int32 offsets below 2^31 elements and int64 ones above (forced here on
+    small tensors): both give the reference, for interpolate, its backward and bias_leaky_relu with a bias."""
+    if "triton" not in _backend.available_backends("interpolate", "cpu"):
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    common = importlib.import_module("fastsn.triton_kernels._common")
+    assert not common.wide_offsets(2**31 - 1024, 1024) and common.wide_offsets(2**31 - 1023, 1024)
+    modules = [importlib.import_module(f"fastsn.triton_kernels.{name}") for name in ("interpolate", "bias_leaky_relu")]
+    for module in modules:
+        monkeypatch.setattr(module, "wide_offsets", lambda n, block: wide)
+    real, fake, eps = torch.randn(3, 700), torch.randn(3, 700), torch.rand(3)
+    torch.testing.assert_close(modules[0].interpolate_triton(real, fake, eps), ip.interpolate_ref(real, fake, eps))
+    grad_real, grad_fake = modules[0].interpolate_backward_triton(real, eps)
+    torch.testing.assert_close(grad_real, eps[:, None] * real)
+    torch.testing.assert_close(grad_fake, (1 - eps[:, None]) * real)
+    x, bias = torch.randn(2, 5, 300), torch.randn(5)
+    blr = importlib.import_module("fastsn.ops.bias_leaky_relu")
+    torch.testing.assert_close(modules[1].bias_leaky_relu_triton(x, bias, 1, 0.2, 1.5),
+                               blr.bias_leaky_relu_ref(x, bias, 0.2, 1.5, 1))

@@ -242,7 +242,8 @@ def test_opcheck_channels_last(backend, device):
     for shape, layout in (((2, 3, 4, 5), torch.channels_last), ((2, 3, 2, 2, 3), torch.channels_last_3d)):
         x = torch.randn(shape, device=device).to(memory_format=layout).requires_grad_()
         bias = torch.randn(3, device=device, requires_grad=True)
-        for args in ((x, bias, 1, 0.2, 1.4), (x, None, 1, 0.2, 1.4), (x, torch.randn(shape[2], device=device), 2, 0.2, 1.0)):
+        other_dim = torch.randn(shape[2], device=device)
+        for args in ((x, bias, 1, 0.2, 1.4), (x, None, 1, 0.2, 1.4), (x, other_dim, 2, 0.2, 1.0)):
             torch.library.opcheck(getattr(ops, "bias_leaky_relu" + suffix).default, args)
         y = getattr(ops, "bias_leaky_relu" + suffix)(x.detach(), None, 1, 0.2, 1.4)
         for grad in (torch.randn_like(y).requires_grad_(), torch.randn(shape, device=device, requires_grad=True)):

@@ -58,7 +58,9 @@ __device__ acc_t sum_squares(const scalar_t* __restrict__ v, int64_t len) {  // 
 
 template <typename scalar_t, typename acc_t>
 __device__ void scale_run(const scalar_t* __restrict__ g, acc_t factor, scalar_t* __restrict__ out, int64_t len) {
-  for (int64_t j = threadIdx.x; j < len; j += kThreads) out[j] = static_cast<scalar_t>(factor * static_cast<acc_t>(g[j]));
+  for (int64_t j = threadIdx.x; j < len; j += kThreads) {
+    out[j] = static_cast<scalar_t>(factor * static_cast<acc_t>(g[j]));
+  }
 }
 
 // grid (B): CTA i handles row i

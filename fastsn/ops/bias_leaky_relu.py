@@ -166,7 +166,7 @@ def _forward_setup_context(ctx, inputs, output):
     ctx.save_for_backward(x if bias is None else output)
     ctx.fastsn_activation = True  # (told apart from other nodes by _backward_grad)
     # An absent gradient stays None instead of becoming zeros, which would run every layer below (see
-    # fastsn/ops/_zero_fill.py): a gradient penalty's second backward reaches here only through the saved y.
+    # fastsn/ops/_zero_fill.py): a gradient penalty's second backward reaches here only through a saved y.
     ctx.set_materialize_grads(False)
     ctx.dim, ctx.negative_slope, ctx.gain, ctx.has_bias = dim, negative_slope, gain, bias is not None
 

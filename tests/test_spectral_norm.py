@@ -185,6 +185,7 @@ BAD_ARGS = [
     (lambda d: dict(n_power_iterations=-1), "argument 'n_power_iterations' must be >= 0"),
     # a float is refused, not truncated (the kernels' schema: "Expected a value of type 'int'")
     (lambda d: dict(n_power_iterations=2.0), "'n_power_iterations'"),
+    (lambda d: dict(dim=1.0), "'dim'"),
     (lambda d: dict(u=torch.ones(1, device=d).expand(3)), "argument 'u' is updated in place and must not be expanded"),
 ]
 
@@ -207,6 +208,7 @@ NORMALIZE_BAD_ARGS = [
     (lambda d: dict(weight=torch.ones(3, 4, dtype=torch.int32, device=d)), "argument 'weight' must be float16"),
     (lambda d: dict(weight=torch.ones(4, device=d)), "argument 'weight' must have at least 2 dimensions"),
     (lambda d: dict(dim=2), "argument 'dim' must be in"),
+    (lambda d: dict(dim=1.0), "'dim'"),
     (lambda d: dict(u=torch.ones(3, dtype=torch.float64, device=d)), "must have the dtype of 'weight'"),
     (lambda d: dict(sigma=torch.ones(2, device=d)), "argument 'sigma' must hold one value"),
     (lambda d: dict(sigma=torch.ones((), dtype=torch.int64, device=d)), "argument 'sigma' must be float16"),

@@ -28,11 +28,9 @@ class MinibatchDiscrimination(torch.nn.Module):
     def __init__(self, in_features: int, out_features: int, kernel_dims: int = 16, *, mean: bool = False,
                  bias: bool = False) -> None:
         super().__init__()
-        sizes = []
-        for name, value in (("in_features", in_features), ("out_features", out_features),
-                            ("kernel_dims", kernel_dims)):
-            sizes.append(positive_int(value, "MinibatchDiscrimination()", name))
-        in_features, out_features, kernel_dims = sizes
+        in_features, out_features, kernel_dims = (
+            positive_int(value, "MinibatchDiscrimination()", name) for name, value in
+            (("in_features", in_features), ("out_features", out_features), ("kernel_dims", kernel_dims)))
         self.in_features, self.out_features, self.kernel_dims, self.mean = in_features, out_features, kernel_dims, mean
         self.T = torch.nn.Parameter(torch.empty(in_features, out_features, kernel_dims))
         self.bias = torch.nn.Parameter(torch.empty(out_features)) if bias else None

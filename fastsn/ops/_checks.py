@@ -25,6 +25,15 @@ def check_floating(t: torch.Tensor, op: str, arg: str) -> None:
         raise RuntimeError(f"{op}(): argument '{arg}' must be float16, bfloat16, float32 or float64, got {dtype}")
 
 
+def schema_int(value: object, op: str, arg: str) -> int:
+    """``value`` as an int, as an op's schema takes it: a float is refused there (a RuntimeError), not truncated, and
+    the Python-side backends refuse it alike."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise RuntimeError(f"{op}(): argument '{arg}' must be an int, got {type(value).__name__}") from None
+
+
 def positive_int(value: object, where: str, arg: str, alternatives: str = "") -> int:
     """``value`` as a Python int if it is an integer >= 1 (an int, numpy integer or integer 0-d tensor, as torch's
     modules take sizes; not a bool, a float or a string), else a ValueError naming ``arg``.

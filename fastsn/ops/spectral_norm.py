@@ -21,14 +21,13 @@ and eps is applied in that precision, so 1e-12 does not underflow.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from fastsn import _backend, _extension
-from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype
+from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype, schema_int
 from fastsn.ops._eager import below_autograd, eager_autograd, tracing
 
 OP = "fastsn::spectral_norm"
@@ -56,15 +55,6 @@ def matrix_to_weight(matrix: torch.Tensor, like: torch.Tensor, dim: int) -> torc
     return permuted.permute(*sorted(range(like.dim()), key=order.__getitem__))
 
 
-def _schema_int(value: object, op: str, arg: str) -> int:
-    """``value`` as an int, as the kernels' schema takes it: a float is refused there (a RuntimeError), not
-    truncated, and the reference refuses it alike."""
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise RuntimeError(f"{op}(): argument '{arg}' must be an int, got {type(value).__name__}") from None
-
-
 def check_power_iteration_args(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int,
                                n_power_iterations: int, eps: float, op: str = OP + "_power_iteration") -> None:
     """The checks every backend makes, worded as the C++ TORCH_CHECKs."""
@@ -73,7 +63,7 @@ def check_power_iteration_args(weight: torch.Tensor, u: torch.Tensor, v: torch.T
         check_floating(t, op, name)
     if weight.dim() < 2:
         raise RuntimeError(f"{op}(): argument 'weight' must have at least 2 dimensions, got {weight.dim()}")
-    dim = _schema_int(dim, op, "dim")
+    dim = schema_int(dim, op, "dim")
     if not 0 <= dim < weight.dim():
         raise RuntimeError(f"{op}(): argument 'dim' must be in [0, {weight.dim() - 1}], got {dim}")
     h = weight.shape[dim]
@@ -87,7 +77,7 @@ def check_power_iteration_args(weight: torch.Tensor, u: torch.Tensor, v: torch.T
                            f"got {u.dtype} and {v.dtype}")
     if u.device != weight.device or v.device != weight.device:
         raise RuntimeError(f"{op}(): arguments 'u' and 'v' must be on the device of 'weight' ({weight.device})")
-    n_power_iterations = _schema_int(n_power_iterations, op, "n_power_iterations")
+    n_power_iterations = schema_int(n_power_iterations, op, "n_power_iterations")
     if n_power_iterations < 0:
         raise RuntimeError(f"{op}(): argument 'n_power_iterations' must be >= 0, got {n_power_iterations}")
     for name, t in (("u", u), ("v", v)):

@@ -74,6 +74,20 @@ def test_slope_applies_at_zero_as_torch(backend_device):
     torch.testing.assert_close(x.grad, torch.full_like(x, 0.5))  # gain * slope, as leaky_relu's gradient at 0
 
 
+
+@pytest.mark.parametrize("slope", [0.2, 0.0])
+def test_signed_zeros_and_specials_as_torch(backend_device, dtype, slope):
+    """-0 stays -0, and a zero slope gives -0 for negative inputs, as torch's leaky_relu (the CPU kernel's vector
+    max/min gave +0 for both); +-inf and subnormals alike (the sign of a NaN is not compared)."""
+    backend, device = backend_device
+    specials = [-0.0, 0.0, -1.0, 1.0, float("nan"), -float("inf"), float("inf"), 1e-40, -1e-40]
+    x = torch.tensor(specials * 5, device=device).to(dtype)  # 45 elements: vector lanes and a scalar tail
+    y = blr.bias_leaky_relu(x, None, slope, 1.0, backend=backend)
+    expected = F.leaky_relu(x, slope)
+    rtol, atol = TOLERANCES[dtype]  # (Triton's interpreter rounds bfloat16 toward zero and flushes subnormals)
+    torch.testing.assert_close(y, expected, rtol=rtol, atol=atol, equal_nan=True)
+    assert torch.equal(torch.signbit(y)[~expected.isnan()], torch.signbit(expected)[~expected.isnan()])
+
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("shape, dim", [((3, 4, 5), 1), ((4,), 0), ((4,), -1)], ids=["3d", "1d", "1d-negdim"])
 def test_gradcheck_and_gradgradcheck_float64(backend_device, with_bias, shape, dim):

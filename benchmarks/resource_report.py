@@ -5,8 +5,12 @@ kernels are replaced by recorders, so nothing runs), compiled ahead of time for 
 ``triton.compile(..., target=GPUTarget("cuda", 90, 32))``, and its cubin read with cuobjdump. A compile failure
 fails the report. CUDA: ``cuobjdump --dump-resource-usage`` of the built ``fastsn._C`` (its sm_90 code).
 
-A kernel with stack or local memory (a spill, or an array the compiler could not keep in registers) fails the
-report unless ``benchmarks/accepted_spills.txt`` lists it: one ``<substring of "kernel [config]">  # reason`` per line.
+Each launch is specialized as Triton's JIT would specialize it on the GPU (its own argument binder: ints equal to 1
+become constexprs, 16-byte aligned pointers and ints divisible by 16 get tt.divisibility), so the code compiled is the
+code the GPU runs. A kernel whose SASS loads or stores local memory (STL/LDL: a spill, or an array the compiler could
+not keep in registers) fails the report unless ``benchmarks/accepted_spills.txt`` lists it: one
+``<substring of "kernel [config]">  # reason`` per line. A stack without local loads or stores (a call frame, e.g.
+the IEEE division's slow path) is reported and passes.
 
 Usage:
     python benchmarks/resource_report.py [--out REPORT.md] [--jobs N] [--quick]
@@ -30,8 +34,6 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ACCEPTED = ROOT / "benchmarks" / "accepted_spills.txt"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_TORCH_TO_TRITON = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",
-                    torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -51,41 +53,38 @@ class _Recorder:
         return launch
 
 
-def _arg_type(value: Any, annotation: str) -> str:
-    if isinstance(value, torch.Tensor):
-        return "*" + _TORCH_TO_TRITON[value.dtype]
-    if annotation:  # e.g. eps: tl.float64
-        return {"tl.float64": "fp64", "tl.float32": "fp32", "tl.int64": "i64", "tl.int32": "i32"}.get(annotation,
-                                                                                                     annotation)
-    if isinstance(value, bool):
-        return "i1"
-    if isinstance(value, int):
-        return "i32" if -2**31 <= value < 2**31 else "i64"
-    if isinstance(value, float):
-        return "fp32"
-    raise TypeError(f"no Triton type for {type(value).__name__}")
+_SM90_BACKEND: list = []  # the compiler backend of sm_90, made once
+
+
+def _sm90_backend() -> Any:
+    if not _SM90_BACKEND:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler.compiler import make_backend
+        _SM90_BACKEND.append(make_backend(GPUTarget("cuda", 90, 32)))
+    return _SM90_BACKEND[0]
 
 
 def _specialize(fn: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """(dedup key, compile spec) of one launch: argument types, constexpr values and num_warps/num_stages."""
-    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
-    names = fn.arg_names
-    bound = dict(zip(names, args))
-    bound.update(kwargs)
-    signature: dict[str, str] = {}
-    constexprs: dict[str, Any] = {}
-    for param in fn.params:
-        value = bound[param.name]
-        if param.is_constexpr:
-            signature[param.name] = "constexpr"
-            constexprs[param.name] = value
-        else:
-            annotation = param.annotation if isinstance(param.annotation, str) else ""
-            signature[param.name] = _arg_type(value, annotation.replace("triton.language", "tl"))
-    key = (fn.__name__, tuple(signature.items()), tuple((k, repr(v)) for k, v in constexprs.items()),
-           tuple(sorted(options.items())))
+    """(dedup key, compile spec) of one launch, specialized as Triton's JIT specializes it on an sm_90 GPU: the
+    JIT's own argument binder gives the argument types, the constexprs (an int argument equal to 1 becomes one) and
+    the alignment attributes (tt.divisibility 16 for 16-byte aligned pointers and ints divisible by 16), which change
+    the code (vector widths, index math). Captured tensors are CPU tensors, aligned like CUDA allocations."""
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = _sm90_backend()
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    _, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    launch_options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+    key = (fn.__name__, repr(signature), repr(constexprs), repr(attrs), tuple(sorted(launch_options.items())))
+    # for the report's config text: the kernel's own constexprs, the ints the JIT made constexpr (equal to 1), and
+    # the ints it knows divisible by 16
+    params = list(zip(fn.params, specialization))
+    text = {"declared": {p.name: bound[p.name] for p, _ in params if p.is_constexpr},
+            "ones": [p.name for p, (kind, _) in params if kind == "constexpr" and not p.is_constexpr],
+            "div16": [p.name for p, (kind, attr) in params if attr == "D" and not kind.startswith("*")]}
     return key, {"kernel": fn.__name__, "module": fn.__module__, "signature": signature, "constexprs": constexprs,
-                 "options": options}
+                 "attrs": attrs, "options": launch_options, "text": text}
 
 
 def _sweep_shapes(quick: bool) -> Iterator[tuple[tuple[int, ...], int]]:
@@ -184,8 +183,7 @@ def _compile_one(spec: dict) -> dict:
     fn = _jit_function(getattr(importlib.import_module(spec["module"]), spec["kernel"]))
     result = {"kernel": spec["kernel"], "config": _config_text(spec)}
     try:
-        src = ASTSource(fn, spec["signature"], constexprs={(fn.arg_names.index(k),): v
-                                                           for k, v in spec["constexprs"].items()})
+        src = ASTSource(fn, spec["signature"], constexprs=spec["constexprs"], attrs=spec["attrs"])
         compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(spec["options"]))
         result.update(_cubin_resources(compiled.asm["cubin"]))
         result["shared"] = max(result.get("shared", 0), int(compiled.metadata.shared))
@@ -195,9 +193,14 @@ def _compile_one(spec: dict) -> dict:
 
 
 def _config_text(spec: dict) -> str:
-    parts = [f"{k}={getattr(v, 'name', v)}" for k, v in spec["constexprs"].items()]
+    """The kernel's constexprs, the int arguments the JIT specialized to 1, the launch options, the pointer types,
+    and the int arguments known divisible by 16."""
+    text = spec["text"]
+    parts = [f"{k}={getattr(v, 'name', v)}" for k, v in text["declared"].items()] + [f"{k}=1" for k in text["ones"]]
     ptrs = sorted({t for t in spec["signature"].values() if t.startswith("*")})
     parts += [f"{k}={v}" for k, v in spec["options"].items()] + ["ptr " + "/".join(ptrs)]
+    if text["div16"]:
+        parts.append("div16 " + "/".join(text["div16"]))
     return ", ".join(parts)
 
 
@@ -222,16 +225,26 @@ def _parse_resources(text: str) -> list[dict]:
             for m in _RESOURCE.finditer(text)]
 
 
+_LOCAL_MEMORY_OPS = re.compile(r"\b(?:STL|LDL)\b")
+
+
 def _cubin_resources(cubin: bytes) -> dict:
+    """Registers, shared, stack and local bytes of a one-kernel cubin; where it has a stack or local memory, also
+    ``local_ops``: its local loads and stores (STL/LDL) in the SASS. A stack without them is a call frame (e.g. the
+    IEEE division's slow-path subroutine), not a spill."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         text = subprocess.run([cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True,
                               check=True).stdout
-    rows = _parse_resources(text)
-    if not rows:
-        raise RuntimeError("cuobjdump printed no resource usage")
-    return {k: rows[0][k] for k in ("regs", "stack", "shared", "local")}
+        rows = _parse_resources(text)
+        if not rows:
+            raise RuntimeError("cuobjdump printed no resource usage")
+        result = {k: rows[0][k] for k in ("regs", "stack", "shared", "local")}
+        if result["stack"] or result["local"]:
+            sass = subprocess.run([cuobjdump(), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+            result["local_ops"] = len(_LOCAL_MEMORY_OPS.findall(sass))
+    return result
 
 
 def cuda_resources() -> list[dict]:
@@ -277,6 +290,8 @@ def accepted_spills() -> dict[str, str]:
 def _spill_problem(row: dict, accepted: dict[str, str]) -> Optional[str]:
     if row.get("stack", 0) == 0 and row.get("local", 0) == 0:
         return None
+    if row.get("local_ops") == 0:  # a call frame: no local load or store in the SASS
+        return None
     name = f"{row.get('kernel', '')} [{row.get('config', '')}]" if row.get("config") else row.get("kernel", "")
     if any(key in name for key in accepted):
         return None
@@ -301,15 +316,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     lines = ["# Kernel resources on sm_90 (Hopper)", "",
              f"torch {torch.__version__}; Triton configurations compiled ahead of time: {len(triton_rows)}.", "",
              "## Triton (per kernel: the configuration using the most registers, and the maxima)", "",
-             "| kernel | configs | max regs | max shared (B) | max stack (B) | max local (B) | heaviest config |",
-             "|---|---|---|---|---|---|---|"]
+             "| kernel | configs | max regs | max shared (B) | max stack (B) | max local (B) | max STL/LDL | "
+             "heaviest config |",
+             "|---|---|---|---|---|---|---|---|"]
     problems = [f"{r['kernel']} [{r['config']}]: compile failed: {r['error']}" for r in triton_rows if "error" in r]
     ok_rows = [r for r in triton_rows if "error" not in r]
     for kernel in sorted({r["kernel"] for r in ok_rows}):
         rows = [r for r in ok_rows if r["kernel"] == kernel]
         worst = max(rows, key=lambda r: r["regs"])
         lines.append(f"| {kernel} | {len(rows)} | {worst['regs']} | {max(r['shared'] for r in rows)} | "
-                     f"{max(r['stack'] for r in rows)} | {max(r['local'] for r in rows)} | {worst['config']} |")
+                     f"{max(r['stack'] for r in rows)} | {max(r['local'] for r in rows)} | "
+                     f"{max(r.get('local_ops', 0) for r in rows)} | {worst['config']} |")
     lines += ["", "## CUDA (fastsn._C, sm_90)", "", "| kernel | regs | shared (B) | stack (B) | local (B) |",
               "|---|---|---|---|---|"]
     lines += [f"| `{r['kernel']}` | {r['regs']} | {r['shared']} | {r['stack']} | {r['local']} |" for r in cuda_rows]

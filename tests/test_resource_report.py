@@ -30,6 +30,25 @@ def test_spill_gate_needs_an_accepted_entry():
     assert resource_report._spill_problem(dict(row, stack=0), {}) is None
 
 
+def test_spill_gate_passes_a_call_frame_without_local_loads_or_stores():
+    row = {"kernel": "_k", "config": "BLOCK=64, ptr *fp32", "stack": 8, "local": 0, "local_ops": 0}
+    assert resource_report._spill_problem(row, {}) is None
+    assert "stack 8 B" in resource_report._spill_problem(dict(row, local_ops=2), {})
+
+
+def test_capture_specializes_as_the_jit():
+    """Ints equal to 1 become constexprs, ints divisible by 16 and aligned pointers get tt.divisibility 16."""
+    launches = resource_report.capture(quick=True)
+    specs = [s for s in launches.values() if s["kernel"] == "_bias_leaky_relu_kernel"]
+    names = resource_report._jit_function(
+        __import__("fastsn.triton_kernels.bias_leaky_relu", fromlist=["x"])._bias_leaky_relu_kernel).arg_names
+    ones = [s for s in specs if s["text"]["ones"]]
+    assert ones and all(s["signature"][name] == "constexpr" for s in ones for name in s["text"]["ones"])
+    pointer = names.index("x_ptr")
+    assert all(s["attrs"][(pointer,)] == [["tt.divisibility", 16]] for s in specs)
+    assert any("div16" in resource_report._config_text(s) for s in launches.values())
+
+
 def test_accepted_spills_have_reasons():
     for name, reason in resource_report.accepted_spills().items():
         assert name and reason

@@ -148,6 +148,21 @@ def test_nan_weight_propagates(backend_device):
     assert sn.spectral_norm_normalize(weight, u_copy, v_copy, sigma, 0, 1e-12, backend=backend).isnan().all()
 
 
+@pytest.mark.parametrize("shape", [(5, 4), (300, 300)], ids=["small", "large"])  # (CUDA: the one-CTA, large paths)
+@pytest.mark.parametrize("u_first", [True, False], ids=["u-first", "v-first"])
+def test_nan_weight_gives_the_reference_nan_pattern_in_u_and_v(backend_device, shape, u_first):
+    """A NaN in W makes u and v NaN wherever the reference's are: their norm is NaN, and max(NaN, eps) stays NaN
+    (CUDA's fmax gave eps, a u NaN in one row only)."""
+    backend, device = backend_device
+    weight = torch.randn(shape, device=device)
+    weight[2, 1] = float("nan")
+    u, v = _vectors(shape, 0, torch.float32, device)
+    got = sn.spectral_norm_power_iteration(weight, u.clone(), v.clone(), 0, 1, 1e-12, u_first, backend=backend)
+    want = sn.spectral_norm_power_iteration(weight, u.clone(), v.clone(), 0, 1, 1e-12, u_first, backend="ref")
+    for actual, expected in zip(got, want):
+        assert torch.equal(actual.isnan(), expected.isnan())
+
+
 @pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 3, 2)], ids=str)
 def test_zero_size_weight(backend_device, shape):
     backend, device = backend_device
@@ -234,6 +249,18 @@ def test_normalize_bad_input_names_the_argument(backend_device, bad, message):
             torch.ops.fastsn, "spectral_norm_normalize_backward" + suffix)
         with pytest.raises(RuntimeError, match=message):
             op(torch.ones_like(args["weight"]), args["weight"], args["u"], args["v"], args["sigma"], args["dim"], 1e-12)
+
+
+def test_normalize_backward_refuses_a_grad_on_another_device(backend_device):
+    """A CPU grad with CUDA tensors routes to the CUDA kernel, which read it by pointer (an illegal access); a meta
+    grad routes CPU tensors to the fake kernel. Both are refused, naming 'grad'."""
+    backend, device = backend_device
+    weight, u, v = torch.randn(3, 4, device=device), torch.ones(3, device=device), torch.ones(4, device=device)
+    grad = torch.ones(3, 4, device="cpu" if weight.is_cuda else "meta")
+    op = sn.spectral_norm_normalize_backward_ref if backend == "ref" else getattr(
+        torch.ops.fastsn, "spectral_norm_normalize_backward" + ("_triton" if backend == "triton" else ""))
+    with pytest.raises(RuntimeError, match="argument 'grad' must be on the device of 'weight'"):
+        op(grad, weight, u, v, torch.tensor(1.5, device=device), 0, 1e-12)
 
 
 def test_normalize_with_subnormal_sigma_divides(backend_device):

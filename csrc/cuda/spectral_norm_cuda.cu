@@ -63,6 +63,13 @@ __device__ T block_sum(T x, T* scratch) {
   return scratch[0];
 }
 
+// max(norm, eps) as std::max on the CPU and clamp_min in F.normalize: a NaN norm stays NaN. (The device max is
+// fmax, which returns eps: a NaN in row i of W gave u = s / eps, NaN at i only, where torch's u is all NaN.)
+template <typename acc_t>
+__device__ __forceinline__ acc_t floor_max(acc_t norm, acc_t eps) {
+  return norm < eps ? eps : norm;
+}
+
 struct Geometry {
   int64_t outer, h, inner;
   __host__ __device__ int64_t w() const { return outer * inner; }
@@ -114,7 +121,7 @@ __device__ acc_t block_normalize(acc_t* x, int64_t n, acc_t eps, acc_t* scratch)
   acc_t sq = 0;
   for (int64_t k = threadIdx.x; k < n; k += blockDim.x) sq += x[k] * x[k];
   const acc_t norm = sqrt(block_sum(sq, scratch));
-  const acc_t den = max(norm, eps);
+  const acc_t den = floor_max(norm, eps);
   for (int64_t k = threadIdx.x; k < n; k += blockDim.x) x[k] /= den;
   __syncthreads();
   return norm;
@@ -184,7 +191,7 @@ __device__ void power_iteration_block(const PowerIterationTask<scalar_t, acc_t>&
       block_columns(t.weight, g, u, v);  // v = M^T u
       __syncthreads();
       const acc_t norm = block_normalize(v, g.w(), t.eps, scratch);
-      sigma_value = norm * norm / max(norm, t.eps);
+      sigma_value = norm * norm / floor_max(norm, t.eps);
     } else {
       block_columns(t.weight, g, u, v);  // v = M^T u
       __syncthreads();
@@ -192,7 +199,7 @@ __device__ void power_iteration_block(const PowerIterationTask<scalar_t, acc_t>&
       block_rows(t.weight, g, v, u, static_cast<const acc_t*>(nullptr), scratch);  // u = M v
       __syncthreads();
       const acc_t norm = block_normalize(u, g.h, t.eps, scratch);
-      sigma_value = norm * norm / max(norm, t.eps);
+      sigma_value = norm * norm / floor_max(norm, t.eps);
     }
   }
   const bool update = t.iterations > 0;
@@ -269,7 +276,7 @@ finalize_kernel(Finalize mode, Geometry g, const acc_t* __restrict__ s, const ac
     acc_t sq = 0;
     for (int64_t i = threadIdx.x; i < h; i += blockDim.x) sq += s[i] * s[i];
     const acc_t s_norm = sqrt(block_sum(sq, scratch));
-    s_den = max(s_norm, eps);
+    s_den = floor_max(s_norm, eps);
     for (int64_t i = threadIdx.x; i < h; i += blockDim.x) u_acc[i] = s[i] / s_den;
     sigma_value = s_norm * s_norm / s_den;
   }
@@ -283,7 +290,7 @@ finalize_kernel(Finalize mode, Geometry g, const acc_t* __restrict__ s, const ac
       sq += t * t;
     }
     const acc_t t_norm = sqrt(block_sum(sq, scratch));
-    const acc_t t_den = max(t_norm, eps);
+    const acc_t t_den = floor_max(t_norm, eps);
     for (int64_t j = threadIdx.x; j < w; j += blockDim.x) v_acc[j] /= t_den;  // same thread wrote it
     if (mode == Finalize::kUThenV) sigma_value = t_norm * t_norm / t_den;
   }
@@ -607,6 +614,9 @@ std::vector<at::Tensor> run_normalize(at::TensorList grads, at::TensorList weigh
       check_floating(grads[k], op, "grad");
       TORCH_CHECK(grads[k].sizes() == weights[k].sizes(), op, "(): argument 'grad' must have the shape of 'weight' (",
                   weights[k].sizes(), "), got ", grads[k].sizes());
+      // the kernel reads grad by pointer: one on another device (a CPU grad routes here too) is an illegal access
+      TORCH_CHECK(grads[k].device() == weights[k].device(), op, "(): argument 'grad' must be on the device of "
+                  "'weight' (", weights[k].device(), "), got ", grads[k].device());
     }
   }
   const c10::cuda::CUDAGuard guard(first.device());

@@ -64,6 +64,13 @@ def _sm90_backend() -> Any:
     return _SM90_BACKEND[0]
 
 
+def jit_binder_available() -> bool:
+    """Whether this Triton has the JIT internals the capture uses (those of Triton 3.8: its argument binder and
+    ``JITFunction._pack_args``); they change between releases (the GPU machines may carry an older Triton)."""
+    from triton.runtime import jit
+    return hasattr(jit, "create_function_from_signature") and hasattr(jit.JITFunction, "_pack_args")
+
+
 def _specialize(fn: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """(dedup key, compile spec) of one launch, specialized as Triton's JIT specializes it on an sm_90 GPU: the
     JIT's own argument binder gives the argument types, the constexprs (an int argument equal to 1 becomes one) and
@@ -117,6 +124,9 @@ def _load_kernels():
 
 def capture(quick: bool = False) -> dict:
     """Every distinct Triton launch of the fastsn ops over the sweep, as compile specs."""
+    if not jit_binder_available():
+        import triton
+        raise SystemExit(f"resource_report.py needs the JIT internals of Triton 3.8 (this is {triton.__version__})")
     launches: dict = {}
     modules = _load_kernels()
     saved = []

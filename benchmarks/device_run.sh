@@ -2,8 +2,8 @@
 # One call on a lent GPU machine (bare, its own torch and Python, no network, root): build fastsn in place for
 # TORCH_CUDA_ARCH_LIST (default 9.0), print fastsn.info, run the whole test suite with the CUDA and Triton
 # backends on the GPU, run the CUDA kernels' tests under compute-sanitizer (memcheck, racecheck), run every
-# benchmark with --benchmark-json, and write one results folder (at most 8 files) with the device, driver,
-# torch/CUDA/Triton versions and the commit. Each stage gets a share of DEVICE_RUN_BUDGET seconds (default 560),
+# benchmark with --benchmark-json, profile the headline cases (benchmarks/profile_steps.py), and write one results
+# folder (at most 8 files) with the device, driver, torch/CUDA/Triton versions and the commit. Each stage gets a share of DEVICE_RUN_BUDGET seconds (default 560),
 # so the results come back inside the tool's 10-minute limit even when a stage hangs.
 #
 # Usage:
@@ -147,6 +147,10 @@ if [ "$gpu" = 1 ]; then
   else
     failed+=("compute-sanitizer not found")
   fi
+  if wants bench; then  # why the times are what they are: GPU kernel time against wall time, launches, kernels
+    stage "profile: wall time against GPU kernel time" 60 bench.log "$python" benchmarks/profile_steps.py \
+      --device cuda
+  fi
   if [ "${DEVICE_RUN_CPU_BENCH:-0}" = 1 ]; then  # the host CPU's figures: off by default, they take minutes
     stage "benchmarks on cpu" 120 bench.log "${pytest[@]}" benchmarks -k "cpu and ${BENCH_FILTER:-not nothing}" \
       --benchmark-json="$out/bench-cpu.json" --benchmark-max-time=0.25 --benchmark-columns=median,iqr,rounds
@@ -161,6 +165,7 @@ else
     tests/test_backend.py tests/test_info.py
   stage "ceilings" 120 bench.log "$python" benchmarks/ceilings.py --out "$out/ceilings.json"
   stage "benchmarks once each" 300 bench.log "${pytest[@]}" benchmarks --benchmark-disable -k "build_info or linear-128x1"
+  stage "profile (CPU)" 120 bench.log "$python" benchmarks/profile_steps.py --device cpu --iterations 2
 fi
 
 printf '\n=== device_run done in %ss: %s\n' "$((SECONDS - start))" "$out"

@@ -327,12 +327,19 @@ void power_iteration_large(const at::Tensor& w_c, Geometry g, const at::Tensor& 
   acc_t* v_acc = s + h;
   acc_t* partial = v_acc + w;
   const scalar_t* wp = w_c.const_data_ptr<scalar_t>();
-  widen_kernel<<<grid_stride_blocks(h, kThreads, device), kThreads, 0, stream>>>(u_c.const_data_ptr<scalar_t>(), h,
-                                                                                 u_acc);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  widen_kernel<<<grid_stride_blocks(w, kThreads, device), kThreads, 0, stream>>>(v_c.const_data_ptr<scalar_t>(), w,
-                                                                                 v_acc);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Only the vector the first pass reads is widened: u in the legacy order (columns of u first), v when u comes
+  // first (rows of v first); the finalize writes the other before it is read. Without iterations (sigma only) the
+  // finalize reads u and stores both.
+  if (!u_first || iterations == 0) {
+    widen_kernel<<<grid_stride_blocks(h, kThreads, device), kThreads, 0, stream>>>(u_c.const_data_ptr<scalar_t>(), h,
+                                                                                   u_acc);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (u_first || iterations == 0) {
+    widen_kernel<<<grid_stride_blocks(w, kThreads, device), kThreads, 0, stream>>>(v_c.const_data_ptr<scalar_t>(), w,
+                                                                                   v_acc);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   const dim3 row_grid(static_cast<unsigned>(std::max<int64_t>(1, (h + kThreads / 32 - 1) / (kThreads / 32))));
   const dim3 column_grid(static_cast<unsigned>(std::max<int64_t>(column_tiles, 1)), static_cast<unsigned>(slices));
   const acc_t e = static_cast<acc_t>(eps);

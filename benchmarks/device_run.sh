@@ -148,7 +148,7 @@ if [ "$gpu" = 1 ]; then
     failed+=("compute-sanitizer not found")
   fi
   if wants bench; then  # why the times are what they are: GPU kernel time against wall time, launches, kernels
-    stage "profile: wall time against GPU kernel time" 60 bench.log "$python" benchmarks/profile_steps.py \
+    stage "profile: wall time against GPU kernel time" 90 bench.log "$python" benchmarks/profile_steps.py \
       --device cuda
   fi
   if [ "${DEVICE_RUN_CPU_BENCH:-0}" = 1 ]; then  # the host CPU's figures: off by default, they take minutes

@@ -26,13 +26,16 @@ from conftest import provider_unavailable, synchronized
 
 
 def _cases(device: str) -> list[tuple[str, str, Callable[[], object]]]:
-    """(case, provider, one iteration) for every provider that can run on ``device``."""
-    cases = []
+    """(case, provider, one iteration) for every provider that can run on ``device``; torch.compile last, since its
+    compile may take the stage's remaining time."""
     shapes = biggan_weights(96 if device == "cuda" else 32)  # (the sizes of bench_spectral_norm's refresh case)
-    for provider in ("torch", "torch.compile", f"fastsn-{device}"):
-        if provider.startswith("fastsn") and provider_unavailable(provider, "spectral_norm", device):
-            continue
-        cases.append(("refresh-biggan128", provider, _refresh(_normalized_model(shapes, provider, device), provider)))
+
+    def refresh(provider: str) -> tuple[str, str, Callable[[], object]]:
+        return "refresh-biggan128", provider, _refresh(_normalized_model(shapes, provider, device), provider)
+
+    fastsn = f"fastsn-{device}"
+    cases = [refresh(fastsn)] if not provider_unavailable(fastsn, "spectral_norm", device) else []
+    cases.append(refresh("torch"))
     factory, sample, batches = CASES["dcgan64"]
     torch.manual_seed(0)
     base = factory().to(device)
@@ -42,7 +45,7 @@ def _cases(device: str) -> list[tuple[str, str, Callable[[], object]]]:
         model = provider_model(base, provider)
         cases.append((f"penalty-wgan-gp-dcgan64-b{batches[device]}", provider,
                       lambda model=model, provider=provider: penalty_step(model, provider, real, fake, "wgan-gp")))
-    return cases
+    return cases + [refresh("torch.compile")]
 
 
 def _wall_ms(run: Callable[[], object], iterations: int) -> float:

@@ -3,6 +3,7 @@ assert (test_nn.py test_spectral_norm*, test_parametrization.py test_new_spectra
 steps on many layer kinds, checkpoints both ways, errors, pickling, deepcopy, torch.compile, conversion."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import pickle
@@ -97,6 +98,30 @@ def test_training_steps_match_torch(backend_device, api, layer, iterations):
         _assert_close(ours(x), reference(x))
         for key, value in _buffers(ours).items():
             assert torch.equal(value, before[key])  # no update in eval
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("grouped", [False, True], ids=["layer", "grouped"])
+def test_channels_last_weight_keeps_its_layout_as_torch(backend_device, api, grouped):
+    """W / sigma of a channels-last conv weight (model.to(memory_format=torch.channels_last)) has torch's strides,
+    values and gradients; layer by layer and under grouped_spectral_norm."""
+    backend, device = backend_device
+    reference, ours = _twins(api, lambda: torch.nn.Conv2d(6, 8, 3))
+    reference = reference.to(device, memory_format=torch.channels_last)
+    ours = ours.to(device, memory_format=torch.channels_last)
+    x = torch.randn(2, 6, 7, 7, device=device).to(memory_format=torch.channels_last)
+    with fastsn.use_backend(backend), (fastsn.grouped_spectral_norm(ours) if grouped else contextlib.nullcontext()):
+        weight, y = ours.weight, ours(x)
+    # (each access is a training-mode forward, one power iteration, except in a block that caches it)
+    with parametrize.cached() if grouped else contextlib.nullcontext():
+        weight_ref, y_ref = reference.weight, reference(x)
+    assert weight.stride() == weight_ref.stride()
+    _assert_close(weight, weight_ref)
+    _assert_close(y, y_ref)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    for p, p_ref in zip(ours.parameters(), reference.parameters()):
+        _assert_close(p.grad, p_ref.grad, scale=float(p_ref.grad.abs().max()) + 1)
 
 
 @pytest.mark.parametrize("api", APIS)

@@ -301,6 +301,12 @@ def test_opcheck(backend, device):
     torch.library.opcheck(getattr(ops, "spectral_norm_normalize" + suffix).default, (weight, u, v, sigma, 1, 1e-12))
     torch.library.opcheck(getattr(ops, "spectral_norm_normalize_backward" + suffix).default,
                           (torch.randn(6, 2, 2, device=device), weight.detach(), u, v, sigma, 1, 1e-12))
+    # W / sigma keeps a dense weight's strides (channels last) and makes any other contiguous: fake kernels alike
+    base = torch.randn(4, 3, 2, 6, device=device)
+    u4, v4 = _vectors((4, 3, 2, 3), 0, torch.float32, device)
+    for layout in (base[..., :3].contiguous(memory_format=torch.channels_last), base[..., ::2]):
+        torch.library.opcheck(getattr(ops, "spectral_norm_normalize" + suffix).default,
+                              (layout.requires_grad_(), u4, v4, sigma, 0, 1e-12))
 
 
 GROUP = [((5, 3), 0), ((3, 16, 2, 2), 1), ((7, 1), 0), ((40, 30), 0)]
@@ -447,6 +453,7 @@ def test_grouped_opcheck(backend, device):
     suffix = "_triton" if backend == "triton" else ""
     _backend.resolve(OP, device, backend)
     weights, us, vs, dims = _group(torch.float32, device)
+    weights[1] = weights[1].contiguous(memory_format=torch.channels_last)  # (W / sigma keeps its strides)
     ops = torch.ops.fastsn
     args = (weights, us, vs, dims, [1, 0, 2, 1], [1e-12] * 4, [True, False, True, True])
     torch.library.opcheck(getattr(ops, "spectral_norm_grouped_power_iteration" + suffix).default, args)

@@ -55,7 +55,7 @@ import triton.language as tl
 
 from fastsn.ops.spectral_norm import (check_grouped_normalize_args, check_grouped_power_iteration_args,
                                       check_normalize_args, check_normalize_backward_grad, check_power_iteration_args,
-                                      opmath_dtype, split_grouped_vectors)
+                                      normalize_layout, opmath_dtype, split_grouped_vectors)
 from fastsn.triton_kernels._common import acc_tl, div_rn, on_device, sqrt_rn
 
 OP = "fastsn::spectral_norm"
@@ -411,7 +411,8 @@ def spectral_norm_normalize_triton(weight: torch.Tensor, u: torch.Tensor, v: tor
         eps: where |sigma| < eps, eps replaces sigma.
 
     Returns:
-        weight / sigma, contiguous, weight's shape and dtype (computed in float32 / float64).
+        weight / sigma, weight's shape and dtype, in torch's layout (see normalize_layout; computed in float32 /
+        float64).
     """
     check_normalize_args(weight, u, v, sigma, dim, OP + "_normalize")
     return _normalize(weight, sigma, eps)
@@ -419,8 +420,7 @@ def spectral_norm_normalize_triton(weight: torch.Tensor, u: torch.Tensor, v: tor
 
 def _normalize(weight: torch.Tensor, sigma: torch.Tensor, eps: float) -> torch.Tensor:
     """spectral_norm_normalize_triton with its arguments already checked."""
-    wc = weight.contiguous()
-    out = torch.empty_like(wc, memory_format=torch.contiguous_format)
+    wc, out = normalize_layout(weight)  # (torch's layout: elementwise over storage)
     n = wc.numel()
     if n == 0:
         return out

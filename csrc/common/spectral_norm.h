@@ -75,6 +75,13 @@ inline void check_normalize_args(const at::Tensor& weight, const at::Tensor& u, 
 }
 
 // The lists of a grouped op must be as long as its weights.
+// W / sigma has torch's layout, empty_like(weight)'s (preserve_format: a dense weight's strides, e.g. channels last,
+// else channels last where the strides suggest it, else contiguous), and the kernels read W in that same layout, so
+// the pass is elementwise over storage: the weight itself where it is dense, else its clone (in that layout).
+inline at::Tensor normalize_input(const at::Tensor& weight) {
+  return weight.is_non_overlapping_and_dense() ? weight : weight.clone();
+}
+
 inline void check_group_sizes(size_t n, std::initializer_list<std::pair<const char*, size_t>> lists, const char* op) {
   for (const auto& [arg, size] : lists) {
     TORCH_CHECK(size == n, op, "(): argument '", arg, "' must hold one entry per weight (", n, "), got ", size);

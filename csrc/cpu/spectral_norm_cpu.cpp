@@ -384,8 +384,8 @@ at::Tensor normalize_cpu(const at::Tensor& weight, const at::Tensor& u, const at
                          int64_t dim, double eps) {
   check_normalize_args(weight, u, v, sigma, dim, "fastsn::spectral_norm_normalize");
   check_device(weight, c10::DeviceType::CPU, "fastsn::spectral_norm_normalize", "weight");
-  const at::Tensor w_c = weight.contiguous();
-  at::Tensor out = at::empty_like(w_c);
+  const at::Tensor w_c = normalize_input(weight);
+  at::Tensor out = at::empty_like(w_c);  // (w_c's strides)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "spectral_norm_normalize", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t s = sigma.to(at::toOpMathType(weight.scalar_type())).item<acc_t>();
@@ -519,8 +519,8 @@ std::vector<at::Tensor> grouped_normalize_cpu(at::TensorList weights, const at::
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* sp = sigma_acc.const_data_ptr<acc_t>();
     for (size_t k = 0; k < weights.size(); ++k) {
-      const at::Tensor w_c = weights[k].contiguous();
-      out[k] = at::empty_like(w_c);
+      const at::Tensor w_c = normalize_input(weights[k]);
+      out[k] = at::empty_like(w_c);  // (w_c's strides)
       normalize_into<scalar_t, acc_t>(w_c.const_data_ptr<scalar_t>(), sp[k], eps[k],
                                       out[k].mutable_data_ptr<scalar_t>(), w_c.numel(), stream);
     }

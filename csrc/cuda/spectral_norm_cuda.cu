@@ -638,7 +638,8 @@ std::vector<at::Tensor> run_normalize(at::TensorList grads, at::TensorList weigh
       int64_t largest = 1;
       for (size_t k = begin; k < end; ++k) {
         const SpectralNormShape shape = spectral_norm_shape(weights[k], dims[k]);
-        const at::Tensor w_c = weights[k].contiguous();
+        // the forward is elementwise over storage (out has w_c's strides); the backward indexes rows and columns
+        const at::Tensor w_c = backward ? weights[k].contiguous() : normalize_input(weights[k]);
         const at::Tensor u_c = us[k].contiguous(), v_c = vs[k].contiguous();
         const at::Tensor s_c = sigmas[k].to(acc_type).contiguous();
         at::Tensor out = at::empty_like(w_c);

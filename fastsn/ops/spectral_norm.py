@@ -86,6 +86,15 @@ def check_power_iteration_args(weight: torch.Tensor, u: torch.Tensor, v: torch.T
                                "(elements sharing memory: stride 0)")
 
 
+def normalize_layout(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what W / sigma reads, its output, uninitialized), as the C++ normalize_input: the output has torch's layout,
+    empty_like(weight)'s (a dense weight's strides, e.g. channels last; else channels last where the strides suggest
+    it, else contiguous), and the input is the weight itself where it has that layout, else its clone, so the pass is
+    elementwise over storage."""
+    out = torch.empty_like(weight)
+    return (weight if out.stride() == weight.stride() else weight.clone()), out
+
+
 def check_normalize_args(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, dim: int,
                          op: str = OP + "_normalize") -> None:
     """The checks of the normalize kernels (C++ check_normalize_args), with the same messages."""
@@ -439,7 +448,7 @@ def _power_iteration_fake(weight, u, v, dim, n_power_iterations, eps, u_first):
 # dispatcher then picks the Meta kernel), where skipping the checks returned uninitialized memory.
 def _normalize_fake(weight, u, v, sigma, dim, eps):
     check_normalize_args(weight, u, v, sigma, dim)
-    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+    return torch.empty_like(weight)  # (see normalize_layout)
 
 
 def _normalize_backward_fake(grad, weight, u, v, sigma, dim, eps):
@@ -481,7 +490,7 @@ def _grouped_power_iteration_fake(weights, us, vs, dims, n_power_iterations, eps
 
 def _grouped_normalize_fake(weights, us, vs, sigmas, dims, eps):
     check_grouped_normalize_args(weights, us, vs, sigmas, dims, eps)
-    return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+    return [torch.empty_like(w) for w in weights]  # (see normalize_layout)
 
 
 def _grouped_normalize_backward_fake(grads, weights, us, vs, sigmas, dims, eps):

@@ -3,8 +3,9 @@
 # TORCH_CUDA_ARCH_LIST (default 9.0), print fastsn.info, run the whole test suite with the CUDA and Triton
 # backends on the GPU, run the CUDA kernels' tests under compute-sanitizer (memcheck, racecheck), run every
 # benchmark with --benchmark-json, profile the headline cases (benchmarks/profile_steps.py), and write one results
-# folder (at most 8 files) with the device, driver, torch/CUDA/Triton versions and the commit. Each stage gets a share of DEVICE_RUN_BUDGET seconds (default 560),
-# so the results come back inside the tool's 10-minute limit even when a stage hangs.
+# folder (at most 8 files) with the device, driver, torch/CUDA/Triton versions and the commit. Each stage gets a
+# share of DEVICE_RUN_BUDGET seconds (default 560), so the results come back inside the tool's 10-minute limit even
+# when a stage hangs.
 #
 # Usage:
 #   benchmarks/device_run.sh [--dry-run] [OUT_DIR]      (OUT_DIR defaults to $OUT, else ./device-results)

@@ -44,11 +44,15 @@ class _Recorder:
     """Stands in for a @triton.jit kernel: ``kernel[grid](*args, **kwargs)`` records the launch, runs nothing."""
 
     def __init__(self, fn: Any, launches: dict) -> None:
+        from triton.runtime.jit import create_function_from_signature
+
         self.fn, self.launches = fn, launches
+        # the JIT's own argument binder for sm_90 (made once per kernel, as the JIT does)
+        self.binder = create_function_from_signature(fn.signature, fn.params, _sm90_backend())
 
     def __getitem__(self, grid: Any):
         def launch(*args: Any, **kwargs: Any) -> None:
-            key, spec = _specialize(self.fn, args, kwargs)
+            key, spec = _specialize(self.fn, self.binder, args, kwargs)
             self.launches.setdefault(key, spec)
         return launch
 
@@ -71,15 +75,12 @@ def jit_binder_available() -> bool:
     return hasattr(jit, "create_function_from_signature") and hasattr(jit.JITFunction, "_pack_args")
 
 
-def _specialize(fn: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+def _specialize(fn: Any, binder: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """(dedup key, compile spec) of one launch, specialized as Triton's JIT specializes it on an sm_90 GPU: the
     JIT's own argument binder gives the argument types, the constexprs (an int argument equal to 1 becomes one) and
     the alignment attributes (tt.divisibility 16 for 16-byte aligned pointers and ints divisible by 16), which change
     the code (vector widths, index math). Captured tensors are CPU tensors, aligned like CUDA allocations."""
-    from triton.runtime.jit import create_function_from_signature
-
     backend = _sm90_backend()
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
     _, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     launch_options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}

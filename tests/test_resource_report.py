@@ -2,6 +2,7 @@
 the whole report)."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import pathlib
 
@@ -43,8 +44,8 @@ def test_capture_specializes_as_the_jit():
     """Ints equal to 1 become constexprs, ints divisible by 16 and aligned pointers get tt.divisibility 16."""
     launches = resource_report.capture(quick=True)
     specs = [s for s in launches.values() if s["kernel"] == "_bias_leaky_relu_kernel"]
-    names = resource_report._jit_function(
-        __import__("fastsn.triton_kernels.bias_leaky_relu", fromlist=["x"])._bias_leaky_relu_kernel).arg_names
+    kernels = importlib.import_module("fastsn.triton_kernels.bias_leaky_relu")
+    names = resource_report._jit_function(kernels._bias_leaky_relu_kernel).arg_names
     ones = [s for s in specs if s["text"]["ones"]]
     assert ones and all(s["signature"][name] == "constexpr" for s in ones for name in s["text"]["ones"])
     pointer = names.index("x_ptr")

@@ -3,9 +3,10 @@
 A gradient penalty's second backward reaches the layers below an activation only through its saved mask (its input,
 or its output), whose gradient is zero almost everywhere (the mask is piecewise constant). torch's own activations
 send that zero as a tensor, and every layer below runs its backward on it (a conv backward of zeros per layer: a
-third of a DCGAN penalty step on CPU); fastsn's activation sends nothing. The parameters below then end the pass with ``.grad``
-None where torch leaves zeros, and an optimizer steps a zero gradient (momentum, weight decay) where it skips None.
-So the leaves that the pass would have reached get zeros at its end, where nothing else gave them a gradient.
+third of a DCGAN penalty step on CPU); fastsn's activation sends nothing. The parameters below then end the pass
+with ``.grad`` None where torch leaves zeros, and an optimizer steps a zero gradient (momentum, weight decay) where
+it skips None. So the leaves that the pass would have reached get zeros at its end, where nothing else gave them a
+gradient.
 """
 from __future__ import annotations
 

@@ -613,6 +613,80 @@ def test_grouped_caches_what_it_leaves_out_as_cached_does(backend_device, case):
         _assert_close(got, want)
 
 
+def test_grouped_weights_skip_the_module_calls(backend_device, monkeypatch):
+    """Inside the block, ``module.weight`` is the grouped W_sn straight from parametrize's cache: the
+    parametrization's forward is not called again (two module calls per weight saved)."""
+    backend, device = backend_device
+    model = torch.nn.Sequential(fnu.parametrizations.spectral_norm(torch.nn.Linear(4, 3)),
+                                fnu.parametrizations.spectral_norm(torch.nn.Linear(3, 2))).to(device)
+    calls = []
+    forward = fnu.parametrizations._SpectralNorm.forward
+    monkeypatch.setattr(fnu.parametrizations._SpectralNorm, "forward",
+                        lambda self, weight: calls.append(self) or forward(self, weight))
+    with fastsn.use_backend(backend), fastsn.grouped_spectral_norm(model):
+        y = model(torch.randn(5, 4, device=device))
+        weights = [model[0].weight, model[1].weight]
+    assert calls == []
+    y.sum().backward()
+    assert all(w.grad_fn is not None for w in weights) and all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("case", ["forward hook", "global hook", "subclass"])
+def test_grouped_still_calls_what_would_observe_the_forward(backend_device, case):
+    """A hook on the parametrization (its own or a global one) and a subclass that overrides forward run inside
+    the block, as under parametrize.cached(): the cache is not filled up front for them."""
+    backend, device = backend_device
+
+    class Scaled(fnu.parametrizations._SpectralNorm):
+        def forward(self, weight):
+            return super().forward(weight) * 2
+
+    torch.manual_seed(0)
+    layer = fnu.parametrizations.spectral_norm(torch.nn.Linear(4, 3)).to(device)
+    container = layer.parametrizations.weight
+    seen = []
+    handle = contextlib.nullcontext()
+    if case == "forward hook":
+        container.register_forward_hook(lambda module, args, out: seen.append(out) or out * 3)
+    elif case == "global hook":
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, out: seen.append(out) if isinstance(module, parametrize.ParametrizationList) else None)
+    else:
+        function = container[0]
+        container[0] = Scaled.from_torch(function)
+    reference = copy.deepcopy(layer)
+    with fastsn.use_backend(backend):
+        try:
+            with fastsn.grouped_spectral_norm(layer):
+                got = layer.weight
+            with parametrize.cached():
+                want = reference.weight
+        finally:
+            if case == "global hook":
+                handle.remove()
+    _assert_close(got, want)
+    assert len(seen) == (2 if "hook" in case else 0)  # once in each block
+
+
+def test_grouped_inside_cached_leaves_the_outer_cache_alone(backend_device):
+    """Inside an outer parametrize.cached(), a weight the grouped block did not use is computed at its first use
+    after the block (a fresh power iteration), as before; the outer cache is not filled with the block's weights."""
+    backend, device = backend_device
+    torch.manual_seed(0)
+    used, unused = (fnu.parametrizations.spectral_norm(torch.nn.Linear(4, 3)).to(device) for _ in range(2))
+    model = torch.nn.ModuleList([used, unused])
+    function = unused.parametrizations.weight[0]
+    with torch.no_grad():  # far from converged (registration ran 15 iterations), so that an iteration shows
+        function._u.copy_(F.normalize(torch.randn(3, device=device), dim=0))
+        function._v.copy_(F.normalize(torch.randn(4, device=device), dim=0))
+    with fastsn.use_backend(backend), parametrize.cached():
+        with fastsn.grouped_spectral_norm(model):
+            used.weight
+        u_after_block = function._u.clone()
+        unused.weight  # computed now: one more iteration on u
+        assert not torch.equal(function._u, u_after_block)
+
+
 @pytest.mark.parametrize("api", APIS)
 def test_under_autocast(backend_device, api):
     """Under autocast the spectral norm still runs on the float32 weight; the layer then casts as usual."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from fastsn import _backend, _extension
 from fastsn.ops._checks import check_floating, check_tensor, opmath_dtype, schema_int
-from fastsn.ops._eager import below_autograd, eager_autograd, tracing
+from fastsn.ops._eager import below_autograd, eager_autograd, tracing, use_registration
 
 OP = "fastsn::spectral_norm"
 
@@ -395,8 +395,11 @@ def spectral_norm_grouped_power_iteration(weights: list[torch.Tensor], us: list[
     name = _backend.resolve("spectral_norm", weights[0].device, backend)
     if name == "ref":
         return spectral_norm_grouped_power_iteration_ref(weights, us, vs, dims, n_power_iterations, eps, u_first)
-    out = _kernel("spectral_norm_grouped_power_iteration", name)(
-        [w.detach() for w in weights], us, vs, dims, n_power_iterations, eps, u_first)
+    kernel = _kernel("spectral_norm_grouped_power_iteration", name)
+    if use_registration():
+        out = kernel([w.detach() for w in weights], us, vs, dims, n_power_iterations, eps, u_first)
+    else:  # the op has no autograd: skip its Autograd kernel for all weights at once rather than detach each
+        out = below_autograd(kernel, weights, us, vs, dims, n_power_iterations, eps, u_first)
     _mark_written([t for u, v, n in zip(us, vs, n_power_iterations) if n for t in (u, v)])
     return out
 

@@ -5,15 +5,22 @@ A pair exists when fastsn's own switch says the backend can run on that device: 
 compiled kernels, triton on a GPU or on CPU tensors under TRITON_INTERPRET=1, cpu with fastsn._C, ref
 always. ``FASTSN_TEST_REQUIRE`` (e.g. "cpu,cuda-build,triton") turns a missing backend into a failure
 (tests/test_backend.py::test_required_backends), so a broken build cannot pass as "reference only".
+``FASTSN_CUDA_EMULATION=1`` replaces the CPU kernels with the CUDA ones compiled for the CPU (tests/cuda_emulation).
 """
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 import torch
 
 from fastsn import _backend
+
+if os.environ.get("FASTSN_CUDA_EMULATION") == "1":  # the cpu backend runs the CUDA code (tests/test_cuda_emulation.py)
+    from cuda_emulation.build import load as _load_cuda_emulation
+
+    _load_cuda_emulation()
 
 # Parity checks compare float32 results at float32 tolerances: no TF32 in cuDNN convolutions or cuBLAS matmuls
 # (cuDNN's default on Ampere and later rounds operands to 10 mantissa bits, far past TOLERANCES[float32]).

@@ -75,11 +75,12 @@ def test_normalize_and_backward_match_reference(backend_device, dtype, case):
 
 
 # Weights past the CUDA one-CTA path (more than 65,536 elements, or u/v over 40 KB of shared memory), so the
-# multi-CTA kernels run; Triton tiles them over many programs. Triton's interpreter is skipped: too slow here.
+# multi-CTA kernels run (rows of 1024 values or more, as (3, 20000) and (2, 40, 1100) dim 1, with 128 threads per
+# row); Triton tiles them over many programs. Triton's interpreter is skipped: too slow here.
 # STREAMED: over 16 MiB in float32, so the CPU kernels write W_sn and dW with streaming stores (kStreamBytes in
 # csrc/cpu/spectral_norm_cpu.cpp), here into rows of odd length that start off the 16-byte alignment.
 STREAMED = ((1031, 4099), 0)
-LARGE_CASES = [((300, 257), 0), ((3, 20000), 0), ((20000, 3), 0), ((8, 130, 9, 9), 1), STREAMED]
+LARGE_CASES = [((300, 257), 0), ((3, 20000), 0), ((20000, 3), 0), ((8, 130, 9, 9), 1), ((2, 40, 1100), 1), STREAMED]
 
 
 @pytest.mark.parametrize("case", LARGE_CASES, ids=[f"{'x'.join(map(str, s))}-dim{d}" for s, d in LARGE_CASES])

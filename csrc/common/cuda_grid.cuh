@@ -1,8 +1,7 @@
 // Grid sizes shared by the CUDA kernels (included by .cu files only).
 #pragma once
 
-#include <c10/cuda/CUDAException.h>
-#include <cuda_runtime.h>
+#include "common/cuda_platform.cuh"
 
 #include <algorithm>
 #include <cstdint>

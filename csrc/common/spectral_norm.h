@@ -105,40 +105,8 @@ inline void check_grouped_power_iteration_args(at::TensorList weights, at::Tenso
   }
 }
 
-// Views of weight k's u (h), v (w) and sigma () in the flat vectors of a grouped op.
-struct GroupedVectors {
-  std::vector<at::Tensor> u, v, sigma;
-};
-
-inline GroupedVectors split_grouped_vectors(at::TensorList weights, const at::Tensor& us, const at::Tensor& vs,
-                                            const at::Tensor& sigmas, at::IntArrayRef dims, const char* op) {
-  TORCH_CHECK(us.dim() == 1 && vs.dim() == 1 && sigmas.dim() == 1, op,
-              "(): arguments 'us', 'vs' and 'sigmas' must be 1-D (the vectors of all weights, concatenated)");
-  TORCH_CHECK(sigmas.numel() == static_cast<int64_t>(weights.size()), op, "(): argument 'sigmas' must hold one value per "
-              "weight (", weights.size(), "), got ", sigmas.numel());
-  GroupedVectors out;
-  int64_t h_offset = 0, w_offset = 0;
-  for (size_t k = 0; k < weights.size(); ++k) {
-    TORCH_CHECK(weights[k].dim() >= 2 && dims[k] >= 0 && dims[k] < weights[k].dim(), op, "(): weight ", k,
-                " must have at least 2 dimensions and 'dims' within them, got shape ", weights[k].sizes(), " and dim ",
-                dims[k]);
-    const SpectralNormShape shape = spectral_norm_shape(weights[k], dims[k]);
-    TORCH_CHECK(h_offset + shape.h <= us.numel() && w_offset + shape.w() <= vs.numel(), op,
-                "(): arguments 'us' and 'vs' must hold the vectors of every weight (", "sum of h and of w), got ",
-                us.numel(), " and ", vs.numel());
-    out.u.push_back(us.narrow(0, h_offset, shape.h));
-    out.v.push_back(vs.narrow(0, w_offset, shape.w()));
-    out.sigma.push_back(sigmas.select(0, static_cast<int64_t>(k)));
-    h_offset += shape.h;
-    w_offset += shape.w();
-  }
-  TORCH_CHECK(h_offset == us.numel() && w_offset == vs.numel(), op, "(): arguments 'us' and 'vs' must hold exactly the "
-              "vectors of the weights (", h_offset, " and ", w_offset, " values), got ", us.numel(), " and ", vs.numel());
-  return out;
-}
-
-// Where weight k's u (h) and v (w) start in the flat vectors of a grouped op, with the checks that
-// split_grouped_vectors and check_normalize_args make, but no tensor per slice (the CPU kernels read by pointer).
+// Where weight k's u (h) and v (w) start in the flat vectors of a grouped op, after checking the group's arguments
+// (the CPU kernels read by pointer; split_grouped_vectors makes the CUDA kernels' views from these).
 struct GroupedOffset {
   int64_t h_offset = 0, w_offset = 0;
   SpectralNormShape shape;
@@ -172,6 +140,24 @@ inline std::vector<GroupedOffset> grouped_offsets(at::TensorList weights, const 
   }
   TORCH_CHECK(h_offset == us.numel() && w_offset == vs.numel(), op, "(): arguments 'us' and 'vs' must hold exactly the "
               "vectors of the weights (", h_offset, " and ", w_offset, " values), got ", us.numel(), " and ", vs.numel());
+  return out;
+}
+
+// Views of weight k's u (h), v (w) and sigma () in the flat vectors of a grouped op, after grouped_offsets' checks
+// (all of them before any view: the same error as the CPU kernels for every bad input).
+struct GroupedVectors {
+  std::vector<at::Tensor> u, v, sigma;
+};
+
+inline GroupedVectors split_grouped_vectors(at::TensorList weights, const at::Tensor& us, const at::Tensor& vs,
+                                            const at::Tensor& sigmas, at::IntArrayRef dims, const char* op) {
+  GroupedVectors out;
+  int64_t k = 0;
+  for (const GroupedOffset& offset : grouped_offsets(weights, us, vs, sigmas, dims, op)) {
+    out.u.push_back(us.narrow(0, offset.h_offset, offset.shape.h));
+    out.v.push_back(vs.narrow(0, offset.w_offset, offset.shape.w()));
+    out.sigma.push_back(sigmas.select(0, k++));
+  }
   return out;
 }
 

@@ -16,16 +16,12 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
-
-#include <cuda_runtime.h>
 
 #include <algorithm>
 
 #include "common/cuda_grid.cuh"
+#include "common/cuda_platform.cuh"
 #include "common/spectral_norm.h"
 
 namespace fastsn {
@@ -171,7 +167,7 @@ struct PowerIterationTasks {
 
 template <typename scalar_t, typename acc_t>
 __device__ void power_iteration_block(const PowerIterationTask<scalar_t, acc_t>& t) {
-  extern __shared__ __align__(16) unsigned char shared_bytes[];  // u, v: float or double
+  FASTSN_DYNAMIC_SHARED(unsigned char, shared_bytes);  // u, v: float or double
   acc_t* u = reinterpret_cast<acc_t*>(shared_bytes);  // (h)
   acc_t* v = u + small_v_offset(t.g.h);                // (w), after u and its padding
   __shared__ acc_t scratch[32];
@@ -217,21 +213,38 @@ __global__ void __launch_bounds__(kSmallThreads) power_iteration_small_kernel(Po
 // large weights: one pass over W per kernel, then a one-CTA finalize
 // ----------------------------------------------------------------------------------------------------------
 
-// out[i] = M_i . x, a warp per row
-template <typename scalar_t, typename acc_t>
+// out[i] = M_i . x, kRowThreads threads per row: a warp, or for long rows (see kWideRow) four, so that a row of a
+// few thousand values is read by more loads in flight (a warp per row left a 1536 x 13824 weight with 12 warps per
+// SM).
+constexpr int64_t kWideRow = 1024;  // row segments (I) at least this long take 128 threads per row
+
+template <typename scalar_t, typename acc_t, int kRowThreads>
 __global__ void __launch_bounds__(kThreads)
 rows_kernel(const scalar_t* __restrict__ weight, Geometry g, const acc_t* __restrict__ x, acc_t* __restrict__ out) {
-  const int lane = threadIdx.x % 32;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
-  if (i >= g.h) return;
+  constexpr int kRowsPerBlock = kThreads / kRowThreads, kWarpsPerRow = kRowThreads / 32;
+  const int lane = threadIdx.x % kRowThreads;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kRowThreads;
   acc_t sum = 0;
-  for (int64_t o = 0; o < g.outer; ++o) {
-    const scalar_t* segment = weight + (o * g.h + i) * g.inner;  // M[i, o*I : (o+1)*I]
-    const acc_t* xo = x + o * g.inner;
-    for (int64_t k = lane; k < g.inner; k += 32) sum += static_cast<acc_t>(segment[k]) * xo[k];
+  if (i < g.h) {
+    for (int64_t o = 0; o < g.outer; ++o) {
+      const scalar_t* segment = weight + (o * g.h + i) * g.inner;  // M[i, o*I : (o+1)*I]
+      const acc_t* xo = x + o * g.inner;
+      for (int64_t k = lane; k < g.inner; k += kRowThreads) sum += static_cast<acc_t>(segment[k]) * xo[k];
+    }
   }
   sum = warp_sum(sum);
-  if (lane == 0) out[i] = sum;
+  if constexpr (kWarpsPerRow == 1) {
+    if (i < g.h && lane == 0) out[i] = sum;
+  } else {
+    __shared__ acc_t warp_sums[kThreads / 32];
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+    __syncthreads();
+    if (i < g.h && lane == 0) {
+      acc_t total = 0;
+      for (int w = 0; w < kWarpsPerRow; ++w) total += warp_sums[threadIdx.x / 32 + w];  // fixed order
+      out[i] = total;
+    }
+  }
 }
 
 // partial[slice, j] = sum over the rows i of this slice of y[i] M[i, j]; grid (column tiles, row slices)
@@ -331,28 +344,35 @@ void power_iteration_large(const at::Tensor& w_c, Geometry g, const at::Tensor& 
   // first (rows of v first); the finalize writes the other before it is read. Without iterations (sigma only) the
   // finalize reads u and stores both.
   if (!u_first || iterations == 0) {
-    widen_kernel<<<grid_stride_blocks(h, kThreads, device), kThreads, 0, stream>>>(u_c.const_data_ptr<scalar_t>(), h,
-                                                                                   u_acc);
+    FASTSN_LAUNCH(grid_stride_blocks(h, kThreads, device), kThreads, 0, stream, widen_kernel<scalar_t, acc_t>)(
+        u_c.const_data_ptr<scalar_t>(), h, u_acc);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (u_first || iterations == 0) {
-    widen_kernel<<<grid_stride_blocks(w, kThreads, device), kThreads, 0, stream>>>(v_c.const_data_ptr<scalar_t>(), w,
-                                                                                   v_acc);
+    FASTSN_LAUNCH(grid_stride_blocks(w, kThreads, device), kThreads, 0, stream, widen_kernel<scalar_t, acc_t>)(
+        v_c.const_data_ptr<scalar_t>(), w, v_acc);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  const dim3 row_grid(static_cast<unsigned>(std::max<int64_t>(1, (h + kThreads / 32 - 1) / (kThreads / 32))));
+  const bool wide_rows = g.inner >= kWideRow;
+  const int64_t rows_per_block = kThreads / (wide_rows ? 128 : 32);
+  const dim3 row_grid(static_cast<unsigned>(std::max<int64_t>(1, (h + rows_per_block - 1) / rows_per_block)));
   const dim3 column_grid(static_cast<unsigned>(std::max<int64_t>(column_tiles, 1)), static_cast<unsigned>(slices));
   const acc_t e = static_cast<acc_t>(eps);
   auto rows = [&](const acc_t* x) {
-    rows_kernel<scalar_t, acc_t><<<row_grid, kThreads, 0, stream>>>(wp, g, x, s);
+    if (wide_rows) {
+      FASTSN_LAUNCH(row_grid, kThreads, 0, stream, rows_kernel<scalar_t, acc_t, 128>)(wp, g, x, s);
+    } else {
+      FASTSN_LAUNCH(row_grid, kThreads, 0, stream, rows_kernel<scalar_t, acc_t, 32>)(wp, g, x, s);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   auto columns = [&](const acc_t* y) {
-    columns_kernel<scalar_t, acc_t><<<column_grid, kThreads, 0, stream>>>(wp, g, y, rows_per_slice, partial);
+    FASTSN_LAUNCH(column_grid, kThreads, 0, stream, columns_kernel<scalar_t, acc_t>)(wp, g, y, rows_per_slice,
+                                                                                      partial);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   auto finalize = [&](Finalize mode, bool last) {
-    finalize_kernel<scalar_t, acc_t><<<1, kSmallThreads, 0, stream>>>(
+    FASTSN_LAUNCH(1, kSmallThreads, 0, stream, finalize_kernel<scalar_t, acc_t>)(
         mode, g, s, partial, slices, u_acc, v_acc, e, last, last ? u_inplace : nullptr, last ? v_inplace : nullptr,
         u_copy.mutable_data_ptr<scalar_t>(), v_copy.mutable_data_ptr<scalar_t>(), sigma.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -392,7 +412,7 @@ PowerIterationJob make_job(const at::Tensor& weight, const at::Tensor& u, const 
                            int64_t n_power_iterations, double eps, bool u_first, at::Tensor sigma = {},
                            at::Tensor u_copy = {}, at::Tensor v_copy = {}) {
   check_power_iteration_args(weight, u, v, dim, n_power_iterations, eps);
-  check_device(weight, c10::DeviceType::CUDA, "fastsn::spectral_norm_power_iteration", "weight");
+  check_device(weight, kKernelDevice, "fastsn::spectral_norm_power_iteration", "weight");
   const SpectralNormShape shape = spectral_norm_shape(weight, dim);
   PowerIterationJob job;
   job.weight = weight.contiguous();
@@ -447,7 +467,7 @@ void run_power_iterations(std::vector<PowerIterationJob>& jobs, cudaStream_t str
   int64_t shared = 0;
   auto flush = [&] {
     if (count == 0) return;
-    power_iteration_small_kernel<scalar_t, acc_t><<<count, kSmallThreads, shared, stream>>>(batch);
+    FASTSN_LAUNCH(count, kSmallThreads, shared, stream, power_iteration_small_kernel<scalar_t, acc_t>)(batch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     count = 0;
     shared = 0;
@@ -587,13 +607,24 @@ normalize_backward_kernel(NormalizeTasks<scalar_t, acc_t> tasks, const acc_t* __
   const acc_t s = clamped ? t.eps : *t.sigma;
   const acc_t coef = clamped ? acc_t(0) : dot / s;  // <G, W_sn>
   const Geometry g = t.g;
-  const int64_t n = g.h * g.w();
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = k / g.inner, inner_index = k - row * g.inner;  // row = o*H + i
-    const int64_t o = row / g.h, i = row - o * g.h;
-    const acc_t uv = static_cast<acc_t>(t.u[i]) * static_cast<acc_t>(t.v[o * g.inner + inner_index]);
+  const int64_t n = g.h * g.w(), stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= n) return;  // (also an empty weight, whose I or H may be 0)
+  // Element k = (o*H + i)*I + c: its (o, i, c) advance by the same step at every turn of the grid-stride loop, so
+  // they are carried along (the divisions once per thread; per element they were two int64 divisions, each a long
+  // emulated sequence on the GPU).
+  int64_t c = k % g.inner, i = k / g.inner % g.h, o = k / g.inner / g.h;
+  const int64_t step_c = stride % g.inner, step_i = stride / g.inner % g.h, step_o = stride / g.inner / g.h;
+  for (; k < n; k += stride) {
+    const acc_t uv = static_cast<acc_t>(t.u[i]) * static_cast<acc_t>(t.v[o * g.inner + c]);
     t.out[k] = static_cast<scalar_t>((static_cast<acc_t>(t.grad[k]) - coef * uv) / s);
+    c += step_c;
+    const int64_t carry_c = c >= g.inner ? 1 : 0;  // c, i stay below 2I, 2H before the carry: one subtraction
+    c -= carry_c * g.inner;
+    i += step_i + carry_c;
+    const int64_t carry_i = i >= g.h ? 1 : 0;
+    i -= carry_i * g.h;
+    o += step_o + carry_i;
   }
 }
 
@@ -613,7 +644,7 @@ std::vector<at::Tensor> run_normalize(at::TensorList grads, at::TensorList weigh
   std::vector<at::Tensor> keep;  // contiguous inputs, alive until the launches are queued
   for (size_t k = 0; k < weights.size(); ++k) {
     check_normalize_args(weights[k], us[k], vs[k], sigmas[k], dims[k], op);
-    check_device(weights[k], c10::DeviceType::CUDA, op, "weight");
+    check_device(weights[k], kKernelDevice, op, "weight");
     TORCH_CHECK(weights[k].device() == first.device() && weights[k].scalar_type() == first.scalar_type(), op,
                 "(): argument 'weights' must share one device and dtype, got ", first.device(), "/",
                 first.scalar_type(), " and ", weights[k].device(), "/", weights[k].scalar_type());
@@ -666,15 +697,16 @@ std::vector<at::Tensor> run_normalize(at::TensorList grads, at::TensorList weigh
       const int blocks = std::min(grid_stride_blocks(largest, kThreads, device), 1024);
       const dim3 grid(static_cast<unsigned>(blocks), count);
       if (!backward) {
-        normalize_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(tasks);
+        FASTSN_LAUNCH(grid, kThreads, 0, stream, normalize_kernel<scalar_t, acc_t>)(tasks);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         continue;
       }
       at::Tensor partial = at::empty({static_cast<int64_t>(count) * blocks}, first.options().dtype(acc_type));
-      grad_dot_weight_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(tasks, partial.mutable_data_ptr<acc_t>());
+      FASTSN_LAUNCH(grid, kThreads, 0, stream, grad_dot_weight_kernel<scalar_t, acc_t>)(
+          tasks, partial.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      normalize_backward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(tasks, partial.const_data_ptr<acc_t>(),
-                                                                                blocks);
+      FASTSN_LAUNCH(grid, kThreads, 0, stream, normalize_backward_kernel<scalar_t, acc_t>)(
+          tasks, partial.const_data_ptr<acc_t>(), blocks);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -712,7 +744,7 @@ std::vector<at::Tensor> grouped_normalize_backward_cuda(at::TensorList grads, at
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastsn, CUDA, m) {
+FASTSN_CUDA_LIBRARY_IMPL(m) {
   m.impl("spectral_norm_power_iteration", &power_iteration_cuda);
   m.impl("spectral_norm_normalize", &normalize_cuda);
   m.impl("spectral_norm_normalize_backward", &normalize_backward_cuda);

@@ -34,6 +34,12 @@ def load(build_directory: str | None = None) -> str:
                 f.write(text)
         sources.append(source)
     sources.append(os.path.join(ROOT, "tests", "cuda_emulation", "cuda_emulation.cpp"))  # the fiber switch
+    try:  # cpp_extension runs `ninja` from PATH: the pinned wheel's (.ci/requirements.txt) when installed
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    except ImportError:
+        pass
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Overriding a previously registered kernel", once per op: intended
         path = torch.utils.cpp_extension.load(

@@ -356,6 +356,33 @@ def test_grouped_ops_match_one_by_one(backend_device, dtype, group):
         _close(leaves[k].grad, leaf.grad, dtype, scale=float(leaf.grad.abs().max()) + 1)
 
 
+# 20 weights past the one-CTA path: the CUDA kernels batch up to 16 large weights sharing the order and the
+# iteration count per launch, so this makes a full batch and a split one (narrow and wide rows, outer > 1 mixed in
+# each), and batches of other orders and counts
+MANY_LARGE = [((270, 260), 0), ((3, 25000), 0), ((2, 40, 1100), 1), ((8, 130, 9, 9), 1)] * 5
+MANY_LARGE_SETTINGS = [(1, True)] * 17 + [(1, False), (2, False), (0, True)]  # (iterations, u_first)
+
+
+def test_grouped_large_weights_in_batches_match_one_by_one(backend_device):
+    backend, device = backend_device
+    if backend == "triton" and device == "cpu":
+        pytest.skip("Triton's interpreter takes minutes on large weights")
+    weights, us, vs, dims = _group(torch.float32, device, MANY_LARGE)
+    us_ref, vs_ref = [u.clone() for u in us], [v.clone() for v in vs]
+    iterations, u_first = [n for n, _ in MANY_LARGE_SETTINGS], [first for _, first in MANY_LARGE_SETTINGS]
+    sigmas, u_copies, v_copies = sn.spectral_norm_grouped_power_iteration(
+        weights, us, vs, dims, iterations, [1e-12] * len(weights), u_first, backend=backend)
+    u_split, v_split, _ = sn.split_grouped_vectors(weights, u_copies, v_copies, sigmas, dims)
+    for k, (weight, dim) in enumerate(zip(weights, dims)):
+        sigma_ref, u_c, v_c = sn.spectral_norm_power_iteration_ref(weight, us_ref[k], vs_ref[k], dim, iterations[k],
+                                                                   1e-12, u_first[k])
+        _close(sigmas[k], sigma_ref, torch.float32, scale=float(sigma_ref.abs()) + 1)
+        _close(us[k], us_ref[k], torch.float32)
+        _close(vs[k], vs_ref[k], torch.float32)
+        _close(u_split[k], u_c, torch.float32)
+        _close(v_split[k], v_c, torch.float32)
+
+
 def test_grouped_gradgradcheck_float64(backend_device):
     backend, device = backend_device
     shapes, dims = [(4, 3), (3, 4, 2, 2)], [0, 1]

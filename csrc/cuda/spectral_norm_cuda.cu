@@ -6,9 +6,10 @@
 // Power iteration, two paths:
 //  * small weights (the many layers of a GAN discriminator, where torch is launch-bound): ONE launch of one
 //    CTA runs every iteration, sigma and all writes, with u and v kept in shared memory;
-//  * large weights: per pass over W, a row kernel (s = M x, a warp per row) or a column kernel
-//    (partial sums of M^T y over row slices), then a one-CTA finalize that adds the partials in a fixed order
-//    (deterministic), normalizes, and on the last iteration writes u, v, their copies and sigma.
+//  * large weights: per pass over W, a row kernel (s = M x, a warp or four per row) or a column kernel
+//    (partial sums of M^T y over row slices), then a finalize CTA per weight that adds the partials in a fixed
+//    order (deterministic), normalizes, and on the last iteration writes u, v, their copies and sigma. Each
+//    launch serves up to 16 large weights (their blocks concatenated in one grid).
 // sigma is not a pass of its own: after v = N(t), t = M^T u, sigma = u . (M v) = |t|^2 / max(|t|, eps); in the
 // legacy order, after u = N(s), s = M v, sigma = |s|^2 / max(|s|, eps).
 #include <ATen/Dispatch.h>
@@ -210,56 +211,105 @@ __global__ void __launch_bounds__(kSmallThreads) power_iteration_small_kernel(Po
 }
 
 // ----------------------------------------------------------------------------------------------------------
-// large weights: one pass over W per kernel, then a one-CTA finalize
+// large weights: one pass over W per kernel, then a finalize CTA per weight. The large weights of a group run
+// together, up to kMaxLargeTasks per launch: a launch's grid is the concatenation of every weight's blocks, so
+// a model's medium weights (a few hundred rows each, too few blocks to fill the GPU alone) share it, and a
+// refresh takes a handful of launches instead of four per weight.
 // ----------------------------------------------------------------------------------------------------------
 
-// out[i] = M_i . x, kRowThreads threads per row: a warp, or for long rows (see kWideRow) four, so that a row of a
-// few thousand values is read by more loads in flight (a warp per row left a 1536 x 13824 weight with 12 warps per
-// SM).
-constexpr int64_t kWideRow = 1024;  // row segments (I) at least this long take 128 threads per row
+constexpr int kMaxLargeTasks = 16;  // 16 tasks of about 170 bytes in the 4 KB of kernel parameters
+constexpr int64_t kWideRow = 1024;  // row segments (I) at least this long take 128 threads per row, not a warp
 
-template <typename scalar_t, typename acc_t, int kRowThreads>
-__global__ void __launch_bounds__(kThreads)
-rows_kernel(const scalar_t* __restrict__ weight, Geometry g, const acc_t* __restrict__ x, acc_t* __restrict__ out) {
-  constexpr int kRowsPerBlock = kThreads / kRowThreads, kWarpsPerRow = kRowThreads / 32;
-  const int lane = threadIdx.x % kRowThreads;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kRowThreads;
+// One large weight: its matrix, its working vectors (acc_t, in global memory) and outputs, its launch shapes.
+template <typename scalar_t, typename acc_t>
+struct LargeTask {
+  const scalar_t* weight;
+  Geometry g;
+  const scalar_t* u_in;  // contiguous current u (h) and v (w)
+  const scalar_t* v_in;
+  acc_t* u_acc;    // (h)
+  acc_t* s;        // (h): M x of the row kernel
+  acc_t* v_acc;    // (w)
+  acc_t* partial;  // (slices, w): partial sums of M^T y over row slices
+  scalar_t* u_inplace;  // the buffers, written on the last step (null: updated from the copies afterwards)
+  scalar_t* v_inplace;
+  scalar_t* u_copy;
+  scalar_t* v_copy;
+  acc_t* sigma;
+  int64_t slices, rows_per_slice, column_tiles;
+  acc_t eps;
+  int row_threads;  // threads per row in the row kernel: 32, or 128 for long rows
+};
+
+template <typename scalar_t, typename acc_t>
+struct LargeTasks {
+  LargeTask<scalar_t, acc_t> task[kMaxLargeTasks];
+  int count;
+  int rows_begin[kMaxLargeTasks + 1];     // task t has the row kernel's blocks [rows_begin[t], rows_begin[t+1])
+  int columns_begin[kMaxLargeTasks + 1];  // and the column kernel's
+};
+
+static_assert(sizeof(LargeTasks<double, double>) <= 4000, "the large tasks must fit the 4 KB of kernel parameters");
+
+// The task whose blocks hold `block`: the last t with begin[t] <= block (count <= 16: a scan of the parameters).
+__device__ __forceinline__ int task_of_block(const int* begin, int count, int block) {
+  int t = 0;
+  while (t + 1 < count && begin[t + 1] <= block) ++t;
+  return t;
+}
+
+// s[i] = M_i . v for every row of every task: row_threads threads per row (a CTA serves one task, so the
+// block-wide reduction below is reached by every thread alike).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) rows_kernel(LargeTasks<scalar_t, acc_t> tasks) {
+  const int task = task_of_block(tasks.rows_begin, tasks.count, blockIdx.x);
+  const LargeTask<scalar_t, acc_t>& t = tasks.task[task];
+  const Geometry g = t.g;
+  const int row_threads = t.row_threads, rows_per_block = kThreads / row_threads;
+  const int lane = threadIdx.x % row_threads;
+  const int64_t i = static_cast<int64_t>(blockIdx.x - tasks.rows_begin[task]) * rows_per_block +
+                    threadIdx.x / row_threads;
   acc_t sum = 0;
   if (i < g.h) {
     for (int64_t o = 0; o < g.outer; ++o) {
-      const scalar_t* segment = weight + (o * g.h + i) * g.inner;  // M[i, o*I : (o+1)*I]
-      const acc_t* xo = x + o * g.inner;
-      for (int64_t k = lane; k < g.inner; k += kRowThreads) sum += static_cast<acc_t>(segment[k]) * xo[k];
+      const scalar_t* segment = t.weight + (o * g.h + i) * g.inner;  // M[i, o*I : (o+1)*I]
+      const acc_t* vo = t.v_acc + o * g.inner;
+      for (int64_t k = lane; k < g.inner; k += row_threads) sum += static_cast<acc_t>(segment[k]) * vo[k];
     }
   }
   sum = warp_sum(sum);
-  if constexpr (kWarpsPerRow == 1) {
-    if (i < g.h && lane == 0) out[i] = sum;
-  } else {
-    __shared__ acc_t warp_sums[kThreads / 32];
-    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
-    __syncthreads();
-    if (i < g.h && lane == 0) {
-      acc_t total = 0;
-      for (int w = 0; w < kWarpsPerRow; ++w) total += warp_sums[threadIdx.x / 32 + w];  // fixed order
-      out[i] = total;
-    }
+  if (row_threads == 32) {
+    if (i < g.h && lane == 0) t.s[i] = sum;
+    return;
+  }
+  __shared__ acc_t warp_sums[kThreads / 32];
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+  __syncthreads();
+  if (i < g.h && lane == 0) {
+    acc_t total = 0;
+    for (int w = 0; w < row_threads / 32; ++w) total += warp_sums[threadIdx.x / 32 + w];  // fixed order
+    t.s[i] = total;
   }
 }
 
-// partial[slice, j] = sum over the rows i of this slice of y[i] M[i, j]; grid (column tiles, row slices)
+// partial[slice, j] = sum over the rows i of this slice of y[i] M[i, j], y = u_acc (of_u) or s; the blocks of a
+// task are its (column tile, row slice) pairs.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-columns_kernel(const scalar_t* __restrict__ weight, Geometry g, const acc_t* __restrict__ y, int64_t rows_per_slice,
-               acc_t* __restrict__ partial) {
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+__global__ void __launch_bounds__(kThreads) columns_kernel(LargeTasks<scalar_t, acc_t> tasks, bool of_u) {
+  const int task = task_of_block(tasks.columns_begin, tasks.count, blockIdx.x);
+  const LargeTask<scalar_t, acc_t>& t = tasks.task[task];
+  const Geometry g = t.g;
+  const int64_t local = blockIdx.x - tasks.columns_begin[task];
+  const int64_t tile = local % t.column_tiles, slice = local / t.column_tiles;
+  const int64_t j = tile * kThreads + threadIdx.x;
   if (j >= g.w()) return;
   const int64_t o = j / g.inner, k = j - o * g.inner;
-  const scalar_t* column = weight + o * g.h * g.inner + k;
-  const int64_t begin = blockIdx.y * rows_per_slice, end = min(g.h, begin + rows_per_slice);
+  const scalar_t* column = t.weight + o * g.h * g.inner + k;
+  const acc_t* y = of_u ? t.u_acc : t.s;
+  const int64_t begin = slice * t.rows_per_slice, end = min(g.h, begin + t.rows_per_slice);
   acc_t sum = 0;
   for (int64_t i = begin; i < end; ++i) sum += y[i] * static_cast<acc_t>(column[i * g.inner]);
-  partial[blockIdx.y * g.w() + j] = sum;
+  t.partial[slice * g.w() + j] = sum;
 }
 
 enum class Finalize : int {
@@ -269,15 +319,17 @@ enum class Finalize : int {
   kSigmaOnly = 3 // after rows (s = M v): sigma = u . s
 };
 
-// One CTA. u_acc (h) and v_acc (w) are the float working vectors in global memory; on the last step the
-// outputs are written (in place where given, and the copies), and sigma.
+// A CTA per task. On the last step the outputs are written (in place where given, and the copies), and sigma.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kSmallThreads)
-finalize_kernel(Finalize mode, Geometry g, const acc_t* __restrict__ s, const acc_t* __restrict__ partial,
-                int64_t slices, acc_t* u_acc, acc_t* v_acc, acc_t eps, bool last, scalar_t* u_inplace,
-                scalar_t* v_inplace, scalar_t* u_copy, scalar_t* v_copy, acc_t* sigma) {
+finalize_kernel(LargeTasks<scalar_t, acc_t> tasks, Finalize mode, bool last) {
+  const LargeTask<scalar_t, acc_t>& t = tasks.task[blockIdx.x];
   __shared__ acc_t scratch[32];
-  const int64_t h = g.h, w = g.w();
+  const int64_t h = t.g.h, w = t.g.w();
+  const acc_t eps = t.eps;
+  const acc_t* s = t.s;
+  acc_t* u_acc = t.u_acc;
+  acc_t* v_acc = t.v_acc;
   acc_t sigma_value = 0;
   if (mode == Finalize::kSigmaOnly) {
     acc_t dot = 0;
@@ -296,11 +348,11 @@ finalize_kernel(Finalize mode, Geometry g, const acc_t* __restrict__ s, const ac
   if (mode == Finalize::kUThenV || mode == Finalize::kV) {
     acc_t sq = 0;
     for (int64_t j = threadIdx.x; j < w; j += blockDim.x) {
-      acc_t t = 0;
-      for (int64_t slice = 0; slice < slices; ++slice) t += partial[slice * w + j];  // fixed order
-      t /= s_den;  // kUThenV: M^T s / |s| = M^T u
-      v_acc[j] = t;
-      sq += t * t;
+      acc_t v = 0;
+      for (int64_t slice = 0; slice < t.slices; ++slice) v += t.partial[slice * w + j];  // fixed order
+      v /= s_den;  // kUThenV: M^T s / |s| = M^T u
+      v_acc[j] = v;
+      sq += v * v;
     }
     const acc_t t_norm = sqrt(block_sum(sq, scratch));
     const acc_t t_den = floor_max(t_norm, eps);
@@ -309,91 +361,23 @@ finalize_kernel(Finalize mode, Geometry g, const acc_t* __restrict__ s, const ac
   }
   if (!last) return;
   __syncthreads();
-  block_store(u_acc, h, u_inplace, u_copy);
-  block_store(v_acc, w, v_inplace, v_copy);
-  if (threadIdx.x == 0) *sigma = sigma_value;
+  block_store(u_acc, h, t.u_inplace, t.u_copy);
+  block_store(v_acc, w, t.v_inplace, t.v_copy);
+  if (threadIdx.x == 0) *t.sigma = sigma_value;
 }
 
+// u_acc = u_in (widen_u) and v_acc = v_in (widen_v) in acc_t; grid (blocks, tasks)
 template <typename scalar_t, typename acc_t>
-__global__ void widen_kernel(const scalar_t* __restrict__ x, int64_t n, acc_t* __restrict__ out) {
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[k] = static_cast<acc_t>(x[k]);
+__global__ void __launch_bounds__(kThreads) widen_kernel(LargeTasks<scalar_t, acc_t> tasks, bool widen_u,
+                                                         bool widen_v) {
+  const LargeTask<scalar_t, acc_t>& t = tasks.task[blockIdx.y];
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  if (widen_u) {
+    for (int64_t k = first; k < t.g.h; k += stride) t.u_acc[k] = static_cast<acc_t>(t.u_in[k]);
   }
-}
-
-template <typename scalar_t>
-void power_iteration_large(const at::Tensor& w_c, Geometry g, const at::Tensor& u_c, const at::Tensor& v_c,
-                           scalar_t* u_inplace, scalar_t* v_inplace, at::Tensor& u_copy, at::Tensor& v_copy,
-                           at::Tensor& sigma, int64_t iterations, double eps, bool u_first, cudaStream_t stream) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int device = w_c.get_device();
-  const int64_t h = g.h, w = g.w();
-  // Row slices for the column kernel: enough CTAs to fill the GPU twice over.
-  const int64_t column_tiles = (w + kThreads - 1) / kThreads;
-  const int64_t slices = std::clamp<int64_t>(2 * sm_count(device) / std::max<int64_t>(column_tiles, 1), 1,
-                                             std::max<int64_t>(h, 1));
-  const int64_t rows_per_slice = (h + slices - 1) / slices;
-  at::Tensor work = at::empty({2 * h + w + slices * w}, w_c.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  acc_t* u_acc = work.mutable_data_ptr<acc_t>();
-  acc_t* s = u_acc + h;
-  acc_t* v_acc = s + h;
-  acc_t* partial = v_acc + w;
-  const scalar_t* wp = w_c.const_data_ptr<scalar_t>();
-  // Only the vector the first pass reads is widened: u in the legacy order (columns of u first), v when u comes
-  // first (rows of v first); the finalize writes the other before it is read. Without iterations (sigma only) the
-  // finalize reads u and stores both.
-  if (!u_first || iterations == 0) {
-    FASTSN_LAUNCH(grid_stride_blocks(h, kThreads, device), kThreads, 0, stream, widen_kernel<scalar_t, acc_t>)(
-        u_c.const_data_ptr<scalar_t>(), h, u_acc);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  if (u_first || iterations == 0) {
-    FASTSN_LAUNCH(grid_stride_blocks(w, kThreads, device), kThreads, 0, stream, widen_kernel<scalar_t, acc_t>)(
-        v_c.const_data_ptr<scalar_t>(), w, v_acc);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  const bool wide_rows = g.inner >= kWideRow;
-  const int64_t rows_per_block = kThreads / (wide_rows ? 128 : 32);
-  const dim3 row_grid(static_cast<unsigned>(std::max<int64_t>(1, (h + rows_per_block - 1) / rows_per_block)));
-  const dim3 column_grid(static_cast<unsigned>(std::max<int64_t>(column_tiles, 1)), static_cast<unsigned>(slices));
-  const acc_t e = static_cast<acc_t>(eps);
-  auto rows = [&](const acc_t* x) {
-    if (wide_rows) {
-      FASTSN_LAUNCH(row_grid, kThreads, 0, stream, rows_kernel<scalar_t, acc_t, 128>)(wp, g, x, s);
-    } else {
-      FASTSN_LAUNCH(row_grid, kThreads, 0, stream, rows_kernel<scalar_t, acc_t, 32>)(wp, g, x, s);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  auto columns = [&](const acc_t* y) {
-    FASTSN_LAUNCH(column_grid, kThreads, 0, stream, columns_kernel<scalar_t, acc_t>)(wp, g, y, rows_per_slice,
-                                                                                      partial);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  auto finalize = [&](Finalize mode, bool last) {
-    FASTSN_LAUNCH(1, kSmallThreads, 0, stream, finalize_kernel<scalar_t, acc_t>)(
-        mode, g, s, partial, slices, u_acc, v_acc, e, last, last ? u_inplace : nullptr, last ? v_inplace : nullptr,
-        u_copy.mutable_data_ptr<scalar_t>(), v_copy.mutable_data_ptr<scalar_t>(), sigma.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  if (iterations == 0) {
-    rows(v_acc);
-    finalize(Finalize::kSigmaOnly, true);
-    return;
-  }
-  for (int64_t it = 0; it < iterations; ++it) {
-    const bool last = it + 1 == iterations;
-    if (u_first) {
-      rows(v_acc);     // s = M v
-      columns(s);      // partials of M^T s
-      finalize(Finalize::kUThenV, last);
-    } else {
-      columns(u_acc);  // partials of M^T u
-      finalize(Finalize::kV, false);
-      rows(v_acc);     // s = M v
-      finalize(Finalize::kU, last);
-    }
+  if (widen_v) {
+    for (int64_t k = first; k < t.g.w(); k += stride) t.v_acc[k] = static_cast<acc_t>(t.v_in[k]);
   }
 }
 
@@ -441,8 +425,119 @@ bool is_small(const PowerIterationJob& job) {
   return job.weight.numel() <= kSmallMaxNumel && small_shared_bytes<acc_t>(job.g) <= kSmallMaxSharedBytes;
 }
 
+// Runs large jobs that share u_first and the iteration count (so one sequence of launches serves them all), at
+// most kMaxLargeTasks, on the multi-kernel path.
+template <typename scalar_t>
+void run_large_batch(const std::vector<PowerIterationJob*>& batch, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const PowerIterationJob& first = *batch.front();
+  const int device = first.weight.get_device(), sms = sm_count(device);
+  const int64_t iterations = first.iterations;
+  const bool u_first = first.u_first;
+  LargeTasks<scalar_t, acc_t> tasks;
+  tasks.count = static_cast<int>(batch.size());
+  std::vector<int64_t> work_offset(batch.size());
+  int64_t work_size = 0, rows_blocks = 0, columns_blocks = 0, longest = 1;
+  for (size_t k = 0; k < batch.size(); ++k) {
+    const PowerIterationJob& job = *batch[k];
+    LargeTask<scalar_t, acc_t>& t = tasks.task[k];
+    const int64_t h = job.g.h, w = job.g.w();
+    t.g = job.g;
+    t.column_tiles = std::max<int64_t>(1, (w + kThreads - 1) / kThreads);  // (w may be 0: a (h, 0) weight)
+    // row slices for the column kernel: enough blocks for this weight alone to fill the GPU twice over
+    t.slices = std::clamp<int64_t>(2 * sms / std::max<int64_t>(t.column_tiles, 1), 1, std::max<int64_t>(h, 1));
+    t.rows_per_slice = (h + t.slices - 1) / t.slices;
+    t.row_threads = job.g.inner >= kWideRow ? 128 : 32;
+    tasks.rows_begin[k] = static_cast<int>(rows_blocks);
+    tasks.columns_begin[k] = static_cast<int>(columns_blocks);
+    rows_blocks += std::max<int64_t>(1, (h + kThreads / t.row_threads - 1) / (kThreads / t.row_threads));
+    columns_blocks += t.column_tiles * t.slices;
+    work_offset[k] = work_size;
+    work_size += 2 * h + w + t.slices * w;
+    longest = std::max({longest, h, w});
+  }
+  TORCH_CHECK(rows_blocks < (int64_t{1} << 31) && columns_blocks < (int64_t{1} << 31),
+              "fastsn::spectral_norm_power_iteration(): the weights are too large for one launch's grid");
+  tasks.rows_begin[batch.size()] = static_cast<int>(rows_blocks);
+  tasks.columns_begin[batch.size()] = static_cast<int>(columns_blocks);
+  at::Tensor work = at::empty({work_size}, first.weight.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  for (size_t k = 0; k < batch.size(); ++k) {
+    PowerIterationJob& job = *batch[k];
+    LargeTask<scalar_t, acc_t>& t = tasks.task[k];
+    t.weight = job.weight.const_data_ptr<scalar_t>();
+    t.u_in = job.u_in.const_data_ptr<scalar_t>();
+    t.v_in = job.v_in.const_data_ptr<scalar_t>();
+    t.u_acc = work.mutable_data_ptr<acc_t>() + work_offset[k];
+    t.s = t.u_acc + t.g.h;
+    t.v_acc = t.s + t.g.h;
+    t.partial = t.v_acc + t.g.w();
+    t.u_inplace = job.direct ? job.u.mutable_data_ptr<scalar_t>() : nullptr;
+    t.v_inplace = job.direct ? job.v.mutable_data_ptr<scalar_t>() : nullptr;
+    t.u_copy = job.u_copy.mutable_data_ptr<scalar_t>();
+    t.v_copy = job.v_copy.mutable_data_ptr<scalar_t>();
+    t.sigma = job.sigma.mutable_data_ptr<acc_t>();
+    t.eps = static_cast<acc_t>(job.eps);
+  }
+  const unsigned count = static_cast<unsigned>(batch.size());
+  // Only the vector the first pass reads is widened: u in the legacy order (columns of u first), v when u comes
+  // first (rows of v first); the finalize writes the other before it is read. Without iterations (sigma only) the
+  // finalize reads u and stores both.
+  const dim3 widen_grid(static_cast<unsigned>(grid_stride_blocks(longest, kThreads, device)), count);
+  FASTSN_LAUNCH(widen_grid, kThreads, 0, stream, widen_kernel<scalar_t, acc_t>)(
+      tasks, !u_first || iterations == 0, u_first || iterations == 0);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto rows = [&] {  // s = M v
+    FASTSN_LAUNCH(static_cast<unsigned>(rows_blocks), kThreads, 0, stream, rows_kernel<scalar_t, acc_t>)(tasks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  auto columns = [&](bool of_u) {  // partials of M^T u (of_u) or M^T s
+    FASTSN_LAUNCH(static_cast<unsigned>(columns_blocks), kThreads, 0, stream, columns_kernel<scalar_t, acc_t>)(
+        tasks, of_u);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  auto finalize = [&](Finalize mode, bool last) {
+    FASTSN_LAUNCH(count, kSmallThreads, 0, stream, finalize_kernel<scalar_t, acc_t>)(tasks, mode, last);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (iterations == 0) {
+    rows();
+    finalize(Finalize::kSigmaOnly, true);
+    return;
+  }
+  for (int64_t it = 0; it < iterations; ++it) {
+    const bool last = it + 1 == iterations;
+    if (u_first) {
+      rows();
+      columns(false);
+      finalize(Finalize::kUThenV, last);
+    } else {
+      columns(true);
+      finalize(Finalize::kV, false);
+      rows();
+      finalize(Finalize::kU, last);
+    }
+  }
+}
+
+// Runs the large jobs in batches of kMaxLargeTasks that share u_first and the iteration count.
+template <typename scalar_t>
+void run_large(const std::vector<PowerIterationJob*>& large, cudaStream_t stream) {
+  std::vector<bool> done(large.size(), false);
+  for (size_t k = 0; k < large.size(); ++k) {
+    if (done[k]) continue;
+    std::vector<PowerIterationJob*> batch;
+    for (size_t m = k; m < large.size() && batch.size() < kMaxLargeTasks; ++m) {
+      if (!done[m] && large[m]->u_first == large[k]->u_first && large[m]->iterations == large[k]->iterations) {
+        batch.push_back(large[m]);
+        done[m] = true;
+      }
+    }
+    run_large_batch<scalar_t>(batch, stream);
+  }
+}
+
 // Runs jobs of one dtype on one device: the small ones kMaxTasks to a launch (a CTA each), the large ones
-// on the multi-kernel path.
+// batched on the multi-kernel path.
 template <typename scalar_t>
 void run_power_iterations(std::vector<PowerIterationJob>& jobs, cudaStream_t stream) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -465,6 +560,7 @@ void run_power_iterations(std::vector<PowerIterationJob>& jobs, cudaStream_t str
   PowerIterationTasks<scalar_t, acc_t> batch;
   int count = 0;
   int64_t shared = 0;
+  std::vector<PowerIterationJob*> large;
   auto flush = [&] {
     if (count == 0) return;
     FASTSN_LAUNCH(count, kSmallThreads, shared, stream, power_iteration_small_kernel<scalar_t, acc_t>)(batch);
@@ -478,13 +574,11 @@ void run_power_iterations(std::vector<PowerIterationJob>& jobs, cudaStream_t str
       shared = std::max(shared, small_shared_bytes<acc_t>(job.g));
       if (count == kMaxTasks) flush();
     } else {
-      power_iteration_large<scalar_t>(job.weight, job.g, job.u_in, job.v_in,
-                                      job.direct ? job.u.mutable_data_ptr<scalar_t>() : nullptr,
-                                      job.direct ? job.v.mutable_data_ptr<scalar_t>() : nullptr, job.u_copy,
-                                      job.v_copy, job.sigma, job.iterations, job.eps, job.u_first, stream);
+      large.push_back(&job);
     }
   }
   flush();
+  run_large<scalar_t>(large, stream);
   for (PowerIterationJob& job : jobs) {
     if (job.iterations > 0 && !job.direct) {
       job.u.copy_(job.u_copy);

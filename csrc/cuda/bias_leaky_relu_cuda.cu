@@ -5,18 +5,14 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
-
-#include <cuda_runtime.h>
 
 #include <algorithm>
 
 #include "common/bias_leaky_relu.h"
 #include "common/checks.h"
 #include "common/cuda_grid.cuh"
+#include "common/cuda_platform.cuh"
 
 namespace fastsn {
 namespace {
@@ -48,7 +44,7 @@ bias_leaky_relu_backward_kernel(const scalar_t* __restrict__ grad, const scalar_
 
 at::Tensor bias_leaky_relu_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& bias, int64_t dim,
                                 double negative_slope, double gain) {
-  check_device(x, c10::DeviceType::CUDA, "fastsn::bias_leaky_relu", "x");
+  check_device(x, kKernelDevice, "fastsn::bias_leaky_relu", "x");
   BiasLeakyReluShape s = check_bias_leaky_relu_args(x, bias, dim, negative_slope, gain);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::MemoryFormat format = forward_format(x, bias.has_value(), dim);
@@ -65,12 +61,12 @@ at::Tensor bias_leaky_relu_cuda(const at::Tensor& x, const c10::optional<at::Ten
     const int blocks = grid_stride_blocks(n, kThreads, x.get_device());
     // the grid-stride index reaches n + stride: 32-bit only with that much headroom
     if (n + static_cast<int64_t>(blocks) * kThreads < (int64_t{1} << 31)) {
-      bias_leaky_relu_kernel<scalar_t, acc_t, int32_t><<<blocks, kThreads, 0, stream>>>(
+      FASTSN_LAUNCH(blocks, kThreads, 0, stream, bias_leaky_relu_kernel<scalar_t, acc_t, int32_t>)(
           xc.const_data_ptr<scalar_t>(), b, static_cast<int32_t>(n), static_cast<int32_t>(s.channels),
           static_cast<int32_t>(s.inner), static_cast<acc_t>(negative_slope), static_cast<acc_t>(gain),
           y.mutable_data_ptr<scalar_t>());
     } else {
-      bias_leaky_relu_kernel<scalar_t, acc_t, int64_t><<<blocks, kThreads, 0, stream>>>(
+      FASTSN_LAUNCH(blocks, kThreads, 0, stream, bias_leaky_relu_kernel<scalar_t, acc_t, int64_t>)(
           xc.const_data_ptr<scalar_t>(), b, n, s.channels, s.inner, static_cast<acc_t>(negative_slope),
           static_cast<acc_t>(gain), y.mutable_data_ptr<scalar_t>());
     }
@@ -81,7 +77,7 @@ at::Tensor bias_leaky_relu_cuda(const at::Tensor& x, const c10::optional<at::Ten
 
 at::Tensor bias_leaky_relu_backward_cuda(const at::Tensor& grad, const at::Tensor& y, double negative_slope,
                                          double gain) {
-  check_device(grad, c10::DeviceType::CUDA, "fastsn::bias_leaky_relu_backward", "grad");
+  check_device(grad, kKernelDevice, "fastsn::bias_leaky_relu_backward", "grad");
   check_bias_leaky_relu_backward_args(grad, y, negative_slope, gain);
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::MemoryFormat format = backward_format(grad, y);
@@ -93,7 +89,7 @@ at::Tensor bias_leaky_relu_backward_cuda(const at::Tensor& grad, const at::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gc.scalar_type(), "bias_leaky_relu_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int blocks = grid_stride_blocks(n, kThreads, grad.get_device());
-    bias_leaky_relu_backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+    FASTSN_LAUNCH(blocks, kThreads, 0, stream, bias_leaky_relu_backward_kernel<scalar_t, acc_t>)(
         gc.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(), n, static_cast<acc_t>(gain),
         static_cast<acc_t>(gain * negative_slope), dx.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -103,7 +99,7 @@ at::Tensor bias_leaky_relu_backward_cuda(const at::Tensor& grad, const at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastsn, CUDA, m) {
+FASTSN_CUDA_LIBRARY_IMPL(m) {
   m.impl("bias_leaky_relu", &bias_leaky_relu_cuda);
   m.impl("bias_leaky_relu_backward", &bias_leaky_relu_backward_cuda);
 }

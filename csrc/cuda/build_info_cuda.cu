@@ -4,18 +4,14 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
-
-#include <cuda_runtime.h>
 
 #include <algorithm>
 
 #include "common/build_info.h"
 #include "common/checks.h"
 #include "common/cuda_grid.cuh"
+#include "common/cuda_platform.cuh"
 
 namespace fastsn {
 namespace {
@@ -57,7 +53,7 @@ __global__ void build_info_kernel(const scalar_t* __restrict__ x, int64_t n, int
 }
 
 at::Tensor build_info_cuda(const at::Tensor& x) {
-  check_device(x, c10::DeviceType::CUDA, "fastsn::build_info", "x");
+  check_device(x, kKernelDevice, "fastsn::build_info", "x");
   check_floating(x, "fastsn::build_info", "x");
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();  // (numel,) view of any strides
@@ -68,7 +64,7 @@ at::Tensor build_info_cuda(const at::Tensor& x) {
   const int blocks = static_cast<int>(std::clamp<int64_t>(wanted, 1, 4 * sm_count(x.get_device())));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "build_info_cuda", [&] {
-    build_info_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+    FASTSN_LAUNCH(blocks, kThreads, 0, stream, build_info_kernel<scalar_t>)(
         xc.const_data_ptr<scalar_t>(), n, x.get_device(), static_cast<int64_t>(x.element_size()),
         out.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -78,7 +74,7 @@ at::Tensor build_info_cuda(const at::Tensor& x) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastsn, CUDA, m) {
+FASTSN_CUDA_LIBRARY_IMPL(m) {
   m.impl("build_info", &build_info_cuda);
 }
 

@@ -9,17 +9,13 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
-
-#include <cuda_runtime.h>
 
 #include <algorithm>
 
 #include "common/checks.h"
 #include "common/cuda_grid.cuh"
+#include "common/cuda_platform.cuh"
 #include "common/gradient_penalty.h"
 
 namespace fastsn {
@@ -128,7 +124,7 @@ penalty_mean_kernel(const acc_t* __restrict__ phi, int64_t batch, acc_t scale, a
 
 std::tuple<at::Tensor, at::Tensor> gradient_penalty_head_cuda(const at::Tensor& grad, int64_t mode, double weight,
                                                               double center) {
-  check_device(grad, c10::DeviceType::CUDA, "fastsn::gradient_penalty_head", "grad");
+  check_device(grad, kKernelDevice, "fastsn::gradient_penalty_head", "grad");
   check_gradient_penalty_head_args(grad, mode);
   TORCH_CHECK(grad.size(0) <= 2147483647, "fastsn::gradient_penalty_head(): argument 'grad' has more than 2^31 - 1 "
               "samples");
@@ -145,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_head_cuda(const at::Tensor& 
     const acc_t scale = static_cast<acc_t>(weight / static_cast<double>(batch));
     const int64_t chunk = row_chunk(batch, features, grad.get_device());
     if (chunk >= features) {
-      penalty_rows_kernel<scalar_t, acc_t><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(
+      FASTSN_LAUNCH(static_cast<unsigned>(batch), kThreads, 0, stream, penalty_rows_kernel<scalar_t, acc_t>)(
           g.const_data_ptr<scalar_t>(), features, mode, static_cast<acc_t>(center), scale,
           d_grad.mutable_data_ptr<scalar_t>(), phi.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -153,16 +149,16 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_head_cuda(const at::Tensor& 
       const int64_t chunks = (features + chunk - 1) / chunk;  // <= kMaxChunks
       at::Tensor partial = at::empty({batch, chunks}, g.options().dtype(acc_type));
       const dim3 grid(static_cast<unsigned>(batch), static_cast<unsigned>(chunks));
-      chunk_sums_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(g.const_data_ptr<scalar_t>(), features,
-                                                                       chunk, partial.mutable_data_ptr<acc_t>());
+      FASTSN_LAUNCH(grid, kThreads, 0, stream, chunk_sums_kernel<scalar_t, acc_t>)(
+          g.const_data_ptr<scalar_t>(), features, chunk, partial.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      chunk_scale_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+      FASTSN_LAUNCH(grid, kThreads, 0, stream, chunk_scale_kernel<scalar_t, acc_t>)(
           g.const_data_ptr<scalar_t>(), partial.const_data_ptr<acc_t>(), features, chunk, mode,
           static_cast<acc_t>(center), scale, d_grad.mutable_data_ptr<scalar_t>(), phi.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    penalty_mean_kernel<acc_t><<<1, kThreads, 0, stream>>>(phi.const_data_ptr<acc_t>(), batch, scale,
-                                                           penalty.mutable_data_ptr<acc_t>());
+    FASTSN_LAUNCH(1, kThreads, 0, stream, penalty_mean_kernel<acc_t>)(phi.const_data_ptr<acc_t>(), batch, scale,
+                                                                      penalty.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {penalty, d_grad};
@@ -170,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_head_cuda(const at::Tensor& 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastsn, CUDA, m) {
+FASTSN_CUDA_LIBRARY_IMPL(m) {
   m.impl("gradient_penalty_head", &gradient_penalty_head_cuda);
 }
 

@@ -5,18 +5,14 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
-
-#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <tuple>
 
 #include "common/checks.h"
 #include "common/cuda_grid.cuh"
+#include "common/cuda_platform.cuh"
 #include "common/interpolate.h"
 
 namespace fastsn {
@@ -51,7 +47,7 @@ interpolate_backward_kernel(const scalar_t* __restrict__ grad, const acc_t* __re
 bool fits_int32(int64_t n, int blocks) { return n + static_cast<int64_t>(blocks) * kThreads < (int64_t{1} << 31); }
 
 at::Tensor interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
-  check_device(real, c10::DeviceType::CUDA, "fastsn::interpolate", "real");
+  check_device(real, kKernelDevice, "fastsn::interpolate", "real");
   check_interpolate_args(real, fake, eps);
   const c10::cuda::CUDAGuard guard(real.device());
   const at::Tensor r = real.contiguous(), f = fake.contiguous();
@@ -65,11 +61,11 @@ at::Tensor interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, cons
     const at::Tensor e = eps.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const int blocks = grid_stride_blocks(n, kThreads, real.get_device());
     if (fits_int32(n, blocks)) {
-      interpolate_kernel<scalar_t, acc_t, int32_t><<<blocks, kThreads, 0, stream>>>(
+      FASTSN_LAUNCH(blocks, kThreads, 0, stream, interpolate_kernel<scalar_t, acc_t, int32_t>)(
           r.const_data_ptr<scalar_t>(), f.const_data_ptr<scalar_t>(), e.const_data_ptr<acc_t>(),
           static_cast<int32_t>(n), static_cast<int32_t>(features), out.mutable_data_ptr<scalar_t>());
     } else {
-      interpolate_kernel<scalar_t, acc_t, int64_t><<<blocks, kThreads, 0, stream>>>(
+      FASTSN_LAUNCH(blocks, kThreads, 0, stream, interpolate_kernel<scalar_t, acc_t, int64_t>)(
           r.const_data_ptr<scalar_t>(), f.const_data_ptr<scalar_t>(), e.const_data_ptr<acc_t>(), n, features,
           out.mutable_data_ptr<scalar_t>());
     }
@@ -79,7 +75,7 @@ at::Tensor interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, cons
 }
 
 std::tuple<at::Tensor, at::Tensor> interpolate_backward_cuda(const at::Tensor& grad, const at::Tensor& eps) {
-  check_device(grad, c10::DeviceType::CUDA, "fastsn::interpolate_backward", "grad");
+  check_device(grad, kKernelDevice, "fastsn::interpolate_backward", "grad");
   check_interpolate_backward_args(grad, eps);
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor g = grad.contiguous();
@@ -94,12 +90,12 @@ std::tuple<at::Tensor, at::Tensor> interpolate_backward_cuda(const at::Tensor& g
     const at::Tensor e = eps.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const int blocks = grid_stride_blocks(n, kThreads, grad.get_device());
     if (fits_int32(n, blocks)) {
-      interpolate_backward_kernel<scalar_t, acc_t, int32_t><<<blocks, kThreads, 0, stream>>>(
+      FASTSN_LAUNCH(blocks, kThreads, 0, stream, interpolate_backward_kernel<scalar_t, acc_t, int32_t>)(
           g.const_data_ptr<scalar_t>(), e.const_data_ptr<acc_t>(), static_cast<int32_t>(n),
           static_cast<int32_t>(features), grad_real.mutable_data_ptr<scalar_t>(),
           grad_fake.mutable_data_ptr<scalar_t>());
     } else {
-      interpolate_backward_kernel<scalar_t, acc_t, int64_t><<<blocks, kThreads, 0, stream>>>(
+      FASTSN_LAUNCH(blocks, kThreads, 0, stream, interpolate_backward_kernel<scalar_t, acc_t, int64_t>)(
           g.const_data_ptr<scalar_t>(), e.const_data_ptr<acc_t>(), n, features,
           grad_real.mutable_data_ptr<scalar_t>(), grad_fake.mutable_data_ptr<scalar_t>());
     }
@@ -110,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor> interpolate_backward_cuda(const at::Tensor& g
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastsn, CUDA, m) {
+FASTSN_CUDA_LIBRARY_IMPL(m) {
   m.impl("interpolate", &interpolate_cuda);
   m.impl("interpolate_backward", &interpolate_backward_cuda);
 }

@@ -7,14 +7,10 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cuda_runtime.h>
-
 #include "common/checks.h"
+#include "common/cuda_platform.cuh"
 #include "common/minibatch_l1_similarity.h"
 
 namespace fastsn {
@@ -184,7 +180,7 @@ dim3 grid_for(const at::Tensor& m) {
 
 at::Tensor minibatch_l1_similarity_cuda(const at::Tensor& m) {
   const char* op = "fastsn::minibatch_l1_similarity";
-  check_device(m, c10::DeviceType::CUDA, op, "M");
+  check_device(m, kKernelDevice, op, "M");
   check_minibatch_l1_similarity_args(m, op);
   const c10::cuda::CUDAGuard guard(m.device());
   at::Tensor o = at::empty({m.size(0), m.size(1)}, m.options());
@@ -192,7 +188,7 @@ at::Tensor minibatch_l1_similarity_cuda(const at::Tensor& m) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(m.get_device()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, m.scalar_type(), "minibatch_l1_similarity_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    l1_similarity_kernel<scalar_t, acc_t><<<grid_for(m), kThreads, 0, stream>>>(
+    FASTSN_LAUNCH(grid_for(m), kThreads, 0, stream, l1_similarity_kernel<scalar_t, acc_t>)(
         m.const_data_ptr<scalar_t>(), strides_of(m), o.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -201,7 +197,7 @@ at::Tensor minibatch_l1_similarity_cuda(const at::Tensor& m) {
 
 at::Tensor minibatch_l1_similarity_backward_cuda(const at::Tensor& grad, const at::Tensor& m) {
   const char* op = "fastsn::minibatch_l1_similarity_backward";
-  check_device(m, c10::DeviceType::CUDA, op, "M");
+  check_device(m, kKernelDevice, op, "M");
   check_minibatch_l1_similarity_backward_args(grad, m, op);
   const c10::cuda::CUDAGuard guard(m.device());
   at::Tensor dm = at::empty({m.size(0), m.size(1), m.size(2)}, m.options());
@@ -210,7 +206,7 @@ at::Tensor minibatch_l1_similarity_backward_cuda(const at::Tensor& grad, const a
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, m.scalar_type(), "minibatch_l1_similarity_backward_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    l1_similarity_backward_kernel<scalar_t, acc_t><<<grid_for(m), kThreads, 0, stream>>>(
+    FASTSN_LAUNCH(grid_for(m), kThreads, 0, stream, l1_similarity_backward_kernel<scalar_t, acc_t>)(
         grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1), m.const_data_ptr<scalar_t>(),
         strides_of(m), dm.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -220,7 +216,7 @@ at::Tensor minibatch_l1_similarity_backward_cuda(const at::Tensor& grad, const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastsn, CUDA, m) {
+FASTSN_CUDA_LIBRARY_IMPL(m) {
   m.impl("minibatch_l1_similarity", &minibatch_l1_similarity_cuda);
   m.impl("minibatch_l1_similarity_backward", &minibatch_l1_similarity_backward_cuda);
 }

@@ -7,18 +7,14 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
-
-#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "common/checks.h"
 #include "common/cuda_grid.cuh"
+#include "common/cuda_platform.cuh"
 #include "common/minibatch_stddev.h"
 
 namespace fastsn {
@@ -122,7 +118,7 @@ std::vector<int64_t> output_shape(const at::Tensor& x, const MinibatchStddevShap
 
 at::Tensor minibatch_stddev_cuda(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
   const char* op = "fastsn::minibatch_stddev";
-  check_device(x, c10::DeviceType::CUDA, op, "x");
+  check_device(x, kKernelDevice, op, "x");
   const MinibatchStddevShape s = check_minibatch_stddev_args(x, group_size, num_channels, op);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
@@ -133,11 +129,11 @@ at::Tensor minibatch_stddev_cuda(const at::Tensor& x, int64_t group_size, int64_
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "minibatch_stddev_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     at::Tensor stat = at::empty({s.m * s.f}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    stddev_stats_kernel<scalar_t, acc_t><<<static_cast<unsigned>(s.m * s.f), kThreads, 0, stream>>>(
+    FASTSN_LAUNCH(static_cast<unsigned>(s.m * s.f), kThreads, 0, stream, stddev_stats_kernel<scalar_t, acc_t>)(
         xc.const_data_ptr<scalar_t>(), s, stat.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int blocks = grid_stride_blocks(total, kThreads, x.get_device());
-    stddev_concat_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+    FASTSN_LAUNCH(blocks, kThreads, 0, stream, stddev_concat_kernel<scalar_t, acc_t>)(
         xc.const_data_ptr<scalar_t>(), stat.const_data_ptr<acc_t>(), s, total, out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -147,7 +143,7 @@ at::Tensor minibatch_stddev_cuda(const at::Tensor& x, int64_t group_size, int64_
 at::Tensor minibatch_stddev_backward_cuda(const at::Tensor& grad, const at::Tensor& x, int64_t group_size,
                                           int64_t num_channels) {
   const char* op = "fastsn::minibatch_stddev_backward";
-  check_device(x, c10::DeviceType::CUDA, op, "x");
+  check_device(x, kKernelDevice, op, "x");
   const MinibatchStddevShape s = check_minibatch_stddev_backward_args(grad, x, group_size, num_channels, op);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), gc = grad.contiguous();
@@ -158,11 +154,11 @@ at::Tensor minibatch_stddev_backward_cuda(const at::Tensor& grad, const at::Tens
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "minibatch_stddev_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     at::Tensor gamma = at::empty({s.m * s.f}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    stddev_gamma_kernel<scalar_t, acc_t><<<static_cast<unsigned>(s.m * s.f), kThreads, 0, stream>>>(
+    FASTSN_LAUNCH(static_cast<unsigned>(s.m * s.f), kThreads, 0, stream, stddev_gamma_kernel<scalar_t, acc_t>)(
         gc.const_data_ptr<scalar_t>(), s, gamma.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int blocks = grid_stride_blocks(total, kThreads, x.get_device());
-    stddev_backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+    FASTSN_LAUNCH(blocks, kThreads, 0, stream, stddev_backward_kernel<scalar_t, acc_t>)(
         gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), gamma.const_data_ptr<acc_t>(), s, total,
         dx.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -172,7 +168,7 @@ at::Tensor minibatch_stddev_backward_cuda(const at::Tensor& grad, const at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastsn, CUDA, m) {
+FASTSN_CUDA_LIBRARY_IMPL(m) {
   m.impl("minibatch_stddev", &minibatch_stddev_cuda);
   m.impl("minibatch_stddev_backward", &minibatch_stddev_backward_cuda);
 }

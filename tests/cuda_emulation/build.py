@@ -11,8 +11,9 @@ import torch
 import torch.utils.cpp_extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# the .cu files emulated so far, by op (csrc/cuda/<op>_cuda.cu)
-OPS = ("spectral_norm",)
+# the emulated .cu files, by op (csrc/cuda/<op>_cuda.cu); build_info is not: it reports which kernel ran
+OPS = ("spectral_norm", "bias_leaky_relu", "gradient_penalty", "interpolate", "minibatch_l1_similarity",
+       "minibatch_stddev")
 
 
 def load(build_directory: str | None = None) -> str:
@@ -44,7 +45,7 @@ def load(build_directory: str | None = None) -> str:
         warnings.simplefilter("ignore")  # "Overriding a previously registered kernel", once per op: intended
         path = torch.utils.cpp_extension.load(
             name="fastsn_cuda_emulation", sources=sources, build_directory=build_directory,
-            extra_cflags=["-std=c++20", "-O1", "-g", "-DFASTSN_CUDA_EMULATION", "-DFASTSN_WITH_CUDA=1",
+            extra_cflags=["-std=c++20", "-O1", "-DFASTSN_CUDA_EMULATION", "-DFASTSN_WITH_CUDA=1",
                           f"-I{os.path.join(ROOT, 'csrc')}", f"-I{os.path.join(ROOT, 'tests', 'cuda_emulation')}"],
             is_python_module=False, verbose=False)
     for op in OPS:  # the CPU kernel of every op of the file now comes from the .cu

@@ -269,11 +269,14 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(LargeTasks<scalar_t, acc
   const int lane = threadIdx.x % row_threads;
   const int64_t i = static_cast<int64_t>(blockIdx.x - tasks.rows_begin[task]) * rows_per_block +
                     threadIdx.x / row_threads;
+  // (restrict: W and v are only read here, through the read-only data cache)
+  const scalar_t* __restrict__ weight = t.weight;
+  const acc_t* __restrict__ v = t.v_acc;
   acc_t sum = 0;
   if (i < g.h) {
     for (int64_t o = 0; o < g.outer; ++o) {
-      const scalar_t* segment = t.weight + (o * g.h + i) * g.inner;  // M[i, o*I : (o+1)*I]
-      const acc_t* vo = t.v_acc + o * g.inner;
+      const scalar_t* __restrict__ segment = weight + (o * g.h + i) * g.inner;  // M[i, o*I : (o+1)*I]
+      const acc_t* __restrict__ vo = v + o * g.inner;
       for (int64_t k = lane; k < g.inner; k += row_threads) sum += static_cast<acc_t>(segment[k]) * vo[k];
     }
   }
@@ -304,8 +307,8 @@ __global__ void __launch_bounds__(kThreads) columns_kernel(LargeTasks<scalar_t, 
   const int64_t j = tile * kThreads + threadIdx.x;
   if (j >= g.w()) return;
   const int64_t o = j / g.inner, k = j - o * g.inner;
-  const scalar_t* column = t.weight + o * g.h * g.inner + k;
-  const acc_t* y = of_u ? t.u_acc : t.s;
+  const scalar_t* __restrict__ column = t.weight + o * g.h * g.inner + k;  // (read only here, as y)
+  const acc_t* __restrict__ y = of_u ? t.u_acc : t.s;
   const int64_t begin = slice * t.rows_per_slice, end = min(g.h, begin + t.rows_per_slice);
   acc_t sum = 0;
   for (int64_t i = begin; i < end; ++i) sum += y[i] * static_cast<acc_t>(column[i * g.inner]);

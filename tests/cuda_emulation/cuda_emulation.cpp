@@ -4,8 +4,13 @@
 namespace fastsn::emulation {
 
 Launch*& active() {
-  static Launch* launch = nullptr;
+  thread_local Launch* launch = nullptr;
   return launch;
+}
+
+std::mutex& launch_mutex() {
+  static std::mutex mutex;
+  return mutex;
 }
 
 }  // namespace fastsn::emulation

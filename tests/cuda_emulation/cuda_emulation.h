@@ -3,8 +3,9 @@
 // csrc/common/cuda_platform.cuh includes this header instead of the CUDA runtime when FASTSN_CUDA_EMULATION is
 // defined; tests/cuda_emulation/build.py then compiles the .cu files as C++ into a library that registers their
 // host code as the CPU kernels of the fastsn ops (in a test process of its own). Every launch runs its blocks one
-// after another on the calling thread; each CUDA thread of a block is a fiber (ucontext) with its own stack, and
-// the fibers switch only at __syncthreads and warp shuffles, so the emulation is deterministic. What it checks:
+// after another on the calling thread (launches from several threads take turns); each CUDA thread of a block is a
+// fiber with its own stack (a register switch on x86-64, ucontext elsewhere), and the fibers switch only at
+// __syncthreads and warp shuffles, so the emulation is deterministic. What it checks:
 // indexing, bounds (with the host's tools), the algorithm, barriers reached by every thread (a fiber waiting on a
 // barrier that can never complete aborts with a message). What it cannot: timing, the memory model, races
 // between blocks, anything of the hardware.
@@ -21,8 +22,9 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <tuple>
 #include <memory>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -77,7 +79,8 @@ struct Launch {
 #endif
 };
 
-Launch*& active();  // the launch running now (cuda_emulation.cpp)
+Launch*& active();  // the launch running now on this thread (cuda_emulation.cpp)
+std::mutex& launch_mutex();  // held by the launch running now (shared memory is static: one block at a time)
 
 inline Launch& launch() {
   TORCH_CHECK(active() != nullptr, "CUDA emulation: device code called outside a launch");
@@ -199,6 +202,7 @@ void launch_kernel(dim3 grid, dim3 block, size_t shared, void (*kernel)(Params..
   TORCH_CHECK(grid.y <= 65535 && grid.z <= 65535, "CUDA emulation: grid.y and grid.z must be <= 65535");
   TORCH_CHECK(shared <= 227 * 1024, "CUDA emulation: ", shared, " bytes of dynamic shared memory (sm_90: 227 KB)");
   TORCH_CHECK(active() == nullptr, "CUDA emulation: a launch from device code");
+  const std::lock_guard<std::mutex> lock(launch_mutex());
   Launch l;
   l.grid = grid;
   l.block = block;

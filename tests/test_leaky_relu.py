@@ -120,7 +120,9 @@ def test_output_may_be_changed_in_place(backend_device):
 
 
 def test_convert_root_and_fallbacks():
-    converted = fastsn.convert_leaky_relu(torch.nn.LeakyReLU(0.2, inplace=True))
+    root = torch.nn.LeakyReLU(0.2, inplace=True)
+    converted = fastsn.convert_leaky_relu(root)
+    assert converted is root
     assert type(converted) is fastsn.nn.LeakyReLU and converted.negative_slope == 0.2 and not converted.inplace
     # a negative slope and inplace=True run torch's op, with torch's semantics
     x = torch.randn(6, dtype=torch.float64)
@@ -130,3 +132,77 @@ def test_convert_root_and_fallbacks():
     torch.testing.assert_close(y, torch.nn.functional.leaky_relu(x, 0.2))
     subclass = type("MyLeakyReLU", (torch.nn.LeakyReLU,), {})()
     assert fastsn.convert_leaky_relu(torch.nn.Sequential(subclass))[0] is subclass
+
+
+def test_hooks_below_see_torchs_zeros(backend_device):
+    """A penalty's double backward reaches the first layer's bias only through the activation's mask: with a tensor
+    hook or a post-accumulate hook on it (gradient clipping, an optimizer stepping inside backward), the zero goes
+    down as torch sends it, so the hooks see torch's zero tensor, not None."""
+    backend, device = backend_device
+    reference = _discriminator(device, False)
+    converted = fastsn.convert_leaky_relu(copy.deepcopy(reference))
+    real = torch.randn(5, 3, 8, 8, device=device, dtype=torch.float64)
+    seen = []
+    for model in (reference, converted):
+        calls = []
+        bias = model[0].bias
+        bias.register_hook(lambda g: calls.append(("hook", g)) or torch.clamp(g, -0.01, 0.01))
+        bias.register_post_accumulate_grad_hook(lambda p: calls.append(("post", p.grad.clone())))
+        with fastsn.use_backend(backend):
+            fastsn.gradient_penalty(model, real, kind="r1").backward()
+        seen.append(calls)
+    assert [name for name, _ in seen[1]] == [name for name, _ in seen[0]] == ["hook", "post"]
+    for (_, got), (_, want) in zip(*seen[::-1]):
+        torch.testing.assert_close(got, want)
+
+
+class _ConditionalD(torch.nn.Module):
+    """A conditional D whose class embedding (sparse gradients) sits under the activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 4)
+        self.embedding = torch.nn.Embedding(10, 4, sparse=True)
+        self.activation = torch.nn.LeakyReLU(0.2)
+        self.head = torch.nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return self.head(self.activation(self.linear(x) + self.embedding(label)))
+
+
+def test_sparse_embedding_below_gets_torchs_sparse_zero(backend_device):
+    """An nn.Embedding(sparse=True) reached only through the activation's mask ends the pass with torch's sparse
+    zero gradient (which torch.optim.SparseAdam takes), not a dense one."""
+    backend, device = backend_device
+    torch.manual_seed(0)
+    reference = _ConditionalD().to(device=device, dtype=torch.float64)
+    converted = fastsn.convert_leaky_relu(copy.deepcopy(reference))
+    real = torch.randn(5, 3, device=device, dtype=torch.float64)
+    label = torch.randint(0, 10, (5,), device=device)
+    grads = []
+    for model in (reference, converted):
+        with fastsn.use_backend(backend):
+            fastsn.gradient_penalty(lambda x, m=model: m(x, label), real, kind="r1").backward()
+        grads.append(model.embedding.weight.grad)
+        torch.optim.SparseAdam([model.embedding.weight]).step()
+    assert grads[1].layout == grads[0].layout == torch.sparse_coo
+    torch.testing.assert_close(grads[1].to_dense(), grads[0].to_dense())
+
+
+def test_convert_keeps_shared_activations_hooks_and_mode():
+    """One activation under two names (or reused by a forward) is converted everywhere and stays one object, with
+    its forward hooks and eval mode (convert used to build new modules: the second name kept torch's, hooks were
+    dropped, eval mode lost)."""
+    activation = torch.nn.LeakyReLU(0.2)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), activation, torch.nn.Linear(3, 3), activation).eval()
+    holder = torch.nn.ModuleDict({"model": model, "alias": activation})
+    seen = []
+    handle = activation.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    assert fastsn.convert_leaky_relu(holder) is holder
+    assert model[1] is model[3] is holder.alias is activation and type(activation) is fastsn.nn.LeakyReLU
+    assert not activation.training
+    model(torch.randn(4, 2))
+    assert seen == [(4, 3), (4, 3)]
+    handle.remove()
+    model(torch.randn(4, 2))
+    assert len(seen) == 2

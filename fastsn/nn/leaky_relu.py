@@ -31,23 +31,23 @@ class LeakyReLU(torch.nn.LeakyReLU):
 
 
 def convert_leaky_relu(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace every ``torch.nn.LeakyReLU`` in ``model`` (that class exactly, not subclasses) with
-    :class:`LeakyReLU` of the same slope, in place; for a gradient penalty through an unchanged D.
+    """Make every ``torch.nn.LeakyReLU`` in ``model`` (that class exactly, not subclasses) a :class:`LeakyReLU` of
+    the same slope, in place; for a gradient penalty through an unchanged D.
 
-    Activations built with ``inplace=True`` become out of place: the same output for every caller that uses the
-    layer's return value (``nn.Sequential`` and any usual forward), but the input is no longer overwritten.
-    State_dict keys and values do not change (the activation holds none).
+    Each activation object is converted where it is (its class changes): one registered under several names or
+    shared by several models stays one object, and its hooks, train/eval mode and attributes stay. Activations built
+    with ``inplace=True`` become out of place: the same output for every caller that uses the layer's return value
+    (``nn.Sequential`` and any usual forward), but the input is no longer overwritten. State_dict keys and values do
+    not change (the activation holds none).
 
     Args:
         model: any module.
 
     Returns:
-        ``model``, or the new activation if ``model`` itself is a ``torch.nn.LeakyReLU``.
+        ``model``.
     """
-    if type(model) is torch.nn.LeakyReLU:
-        return LeakyReLU(model.negative_slope)
-    for module in model.modules():
-        for name, child in module.named_children():
-            if type(child) is torch.nn.LeakyReLU:
-                setattr(module, name, LeakyReLU(child.negative_slope))
+    for module in model.modules():  # (each object once, however many names it has)
+        if type(module) is torch.nn.LeakyReLU:
+            module.__class__ = LeakyReLU
+            module.inplace = False
     return model

@@ -14,10 +14,12 @@ from typing import Optional
 
 import torch
 
-# per running backward pass (graph task id): the autograd nodes walked, the AccumulateGrad nodes found, and whether
-# one of them is executed (only a backward() executes AccumulateGrad nodes: an autograd.grad() captures its inputs)
+# per running backward pass (graph task id): the autograd nodes walked, each with whether the zero must be sent
+# through it (see _sends_zeros), the AccumulateGrad nodes found, and whether one of them is executed (only a
+# backward() executes AccumulateGrad nodes: an autograd.grad() captures its inputs)
 _tasks: dict[int, list] = {}
 _ACCUMULATE_GRAD = torch._C._functions.AccumulateGrad  # the type of the nodes that end at a leaf
+_SPARSE_CAPABLE = ("EmbeddingBackward0", "EmbeddingBagBackward0")  # nodes whose gradient may be sparse
 
 
 def _will_execute(node) -> Optional[bool]:
@@ -27,6 +29,39 @@ def _will_execute(node) -> Optional[bool]:
         return torch._C._will_engine_execute_node(node)
     except RuntimeError:
         return None
+
+
+def _observed(node) -> bool:
+    """Whether the zero torch sends through this node shows in a way a fill at the end cannot give: a leaf with
+    gradient hooks (they would see None, and an optimizer stepping in a post-accumulate hook would skip the
+    parameter), or an embedding with sparse gradients (torch leaves a sparse zero there, not a dense one)."""
+    if type(node) is _ACCUMULATE_GRAD:
+        leaf = node.variable
+        return bool(leaf._backward_hooks or getattr(leaf, "_post_accumulate_grad_hooks", None))
+    return type(node).__name__ in _SPARSE_CAPABLE and bool(getattr(node, "_saved_sparse", False))
+
+
+def _walk(below, marks: dict, accumulators: list) -> bool:
+    """Depth first from ``below`` over the nodes not walked yet in this pass (a Python walk: about 0.5 us a node,
+    once per node and pass): records each node in ``marks`` with whether a node at or under it is
+    :func:`_observed`, and collects the AccumulateGrad nodes. Returns the mark of ``below``."""
+    stack = [(below, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            marks[node] = marks[node] or any(marks[further] for further, _ in node.next_functions
+                                             if further is not None)
+            continue
+        if node in marks:
+            continue
+        marks[node] = _observed(node)  # (final for leaves; for the others once their children are marked)
+        if type(node) is _ACCUMULATE_GRAD:
+            accumulators.append(node)
+            continue
+        stack.append((node, True))
+        stack.extend((further, False) for further, _ in node.next_functions
+                     if further is not None and further not in marks)
+    return marks[below]
 
 
 def _fill_leaves(task: int) -> None:
@@ -47,8 +82,9 @@ def zero_fill_leaves_below(node, edge: int = 0) -> bool:
 
     Returns:
         True where the caller should send the zero gradient itself instead: a leaf right below (the zero costs
-        nothing there), or an autograd.grad() that wants a gradient below that input (it accumulates into no leaf,
-        and returns torch's zeros, not None, for any of its inputs down there). Nothing is filled in then.
+        nothing there), an autograd.grad() that wants a gradient below that input (it accumulates into no leaf,
+        and returns torch's zeros, not None, for any of its inputs down there), or a leaf with gradient hooks or an
+        embedding with sparse gradients below (see :func:`_observed`). Nothing is filled in then.
     """
     below = node.next_functions[edge][0]
     if below is None:
@@ -59,23 +95,13 @@ def zero_fill_leaves_below(node, edge: int = 0) -> bool:
         return False  # backward(inputs=...) or autograd.grad() wanting nothing below
     task = torch._C._current_graph_task_id()
     if task not in _tasks:
-        _tasks[task] = [set(), [], False]
+        _tasks[task] = [{}, [], False]
         torch.autograd.Variable._execution_engine.queue_callback(lambda: _fill_leaves(task))
     entry = _tasks[task]
-    walked, accumulators = entry[0], entry[1]
+    marks, accumulators = entry[0], entry[1]
     found = len(accumulators)
-    if below not in walked:  # (a Python walk: about 0.5 us a node, once per node and pass)
-        walked.add(below)
-        stack = [below]
-        while stack:
-            following = stack.pop()
-            if type(following) is _ACCUMULATE_GRAD:  # a leaf
-                accumulators.append(following)
-                continue
-            for further, _ in following.next_functions:
-                if further is not None and further not in walked:
-                    walked.add(further)
-                    stack.append(further)
+    if marks[below] if below in marks else _walk(below, marks, accumulators):
+        return True
     # `below` runs, so in a backward() some leaf below it accumulates (found by this walk or an earlier one); in an
     # autograd.grad() none does (the engine refuses to say for the inputs it captures, and says no for the others)
     entry[2] = entry[2] or any(_will_execute(node) for node in accumulators[found:])

@@ -11,7 +11,8 @@ Backends:
     "ref":    the pure-PyTorch reference ``<op>_ref``; always available, on any device.
     "auto":   CUDA tensors: cuda, else triton, else ref. CPU tensors: cpu, else ref. Others: ref. Under torch.func
               transforms (vmap, grad, jacrev, jvp, ...): ref, which they can differentiate and batch (they cannot
-              run the autograd of ops defined in C++).
+              run the autograd of ops defined in C++); likewise inside torch.autograd.forward_ad.dual_level() (the
+              kernels have no forward derivatives).
 
 A backend requested by name (argument, context or environment) that cannot run raises
 :class:`BackendUnavailableError` saying why and how to get it; ``"auto"`` falls back silently.
@@ -26,6 +27,7 @@ import os
 from typing import Iterator, Optional, Union
 
 import torch
+import torch.autograd.forward_ad
 
 from fastsn import _extension
 
@@ -118,6 +120,12 @@ def _differentiating_transform_active() -> bool:
     return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters())
 
 
+def _forward_ad_active() -> bool:
+    """Whether a ``torch.autograd.forward_ad.dual_level()`` is open: the kernels define no forward derivatives (a
+    tangent would be lost, or refused), the reference has torch's."""
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
+
 def unavailable_reason(name: str, op: str, device: Union[torch.device, str]) -> Optional[str]:
     """Why backend ``name`` cannot run ``op`` on tensors of ``device``, with how to fix it; None if it can.
 
@@ -132,6 +140,9 @@ def unavailable_reason(name: str, op: str, device: Union[torch.device, str]) -> 
     if _differentiating_transform_active():
         return ("torch.func's grad and jvp transforms (grad, vjp, jacrev, jacfwd, hessian, jvp) cannot differentiate "
                 "the compiled kernels; inside them use backend 'ref', or 'auto', which takes it there")
+    if _forward_ad_active():
+        return ("forward-mode AD (torch.autograd.forward_ad) has no forward derivatives of the compiled kernels; "
+                "inside a dual_level() use backend 'ref', or 'auto', which takes it there")
     if name == "triton":
         return _triton_reason(op, device)
     wanted = {"cpu": "cpu", "cuda": "cuda"}[name]
@@ -171,8 +182,8 @@ def resolve(op: str, device: Union[torch.device, str], backend: Optional[str] = 
     device = device if isinstance(device, torch.device) else torch.device(device)
     name, source = requested(backend)
     if name == "auto":
-        if torch._C._are_functorch_transforms_active():
-            return "ref"  # torch.func transforms cannot run the kernels' autograd (C++-defined ops): the twin can
+        if torch._C._are_functorch_transforms_active() or _forward_ad_active():
+            return "ref"  # torch.func transforms and forward AD cannot differentiate the kernels: the twin can
         key = (op, device, unavailable_reason)
         choice = _auto_choices.get(key)
         if choice is None:

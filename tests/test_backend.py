@@ -161,6 +161,47 @@ def test_named_kernel_backend_under_torch_func_grad_and_jvp_raises(monkeypatch):
     torch.testing.assert_close(auto_tangent, torch.func.jvp(fastsn.ops.bias_leaky_relu_ref, (x,), (tangent,))[1])
 
 
+def _forward_ad_cases() -> dict:
+    """name: (function of one tensor through an op family, its input)."""
+    torch.manual_seed(0)
+    linear = fastsn.spectral_norm(torch.nn.Linear(5, 4)).double()
+    activation = fastsn.nn.FusedLeakyReLU(4).double()
+    eps = torch.rand(3, dtype=torch.float64)
+    fake = torch.randn(3, 4, dtype=torch.float64)
+    return {
+        "bias_leaky_relu": (lambda x: fastsn.convert_leaky_relu(torch.nn.LeakyReLU(0.2))(x), (3, 4)),
+        "fused_leaky_relu": (activation, (3, 4)),
+        "spectral_norm": (linear, (3, 5)),
+        "interpolate": (lambda x: fastsn.ops.interpolate(x, fake, eps), (3, 4)),
+        "gradient_penalty_head": (lambda x: fastsn.ops.gradient_penalty_head(x, fastsn.ops.MODES["wgan-gp"], 10.0),
+                                  (3, 4)),
+        "minibatch_stddev": (lambda x: fastsn.ops.minibatch_stddev(x, 2), (4, 3, 2, 2)),
+        "minibatch_l1_similarity": (fastsn.ops.minibatch_l1_similarity, (3, 2, 4)),
+    }
+
+
+@pytest.mark.skipif(not _extension.loaded(), reason="needs fastsn._C")
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+def test_forward_mode_ad_takes_the_reference(monkeypatch, grad_mode):
+    """Inside torch.autograd.forward_ad.dual_level() auto takes the reference, whose forward derivatives are
+    torch's (the kernels' calls dropped the tangent, or raised without a jvp); a kernel backend asked for by name
+    raises."""
+    monkeypatch.delenv("FASTSN_BACKEND", raising=False)
+    fwad = torch.autograd.forward_ad
+    for name, (function, shape) in _forward_ad_cases().items():
+        x = torch.randn(shape, dtype=torch.float64)
+        tangent = torch.randn(shape, dtype=torch.float64)
+        tangents = []
+        for backend in ("auto", "ref"):
+            with fastsn.use_backend(backend), torch.set_grad_enabled(grad_mode), fwad.dual_level():
+                tangents.append(fwad.unpack_dual(function(fwad.make_dual(x, tangent))).tangent)
+        assert tangents[0] is not None, name
+        torch.testing.assert_close(tangents[0], tangents[1], msg=name)
+        with fastsn.use_backend("cpu"), torch.set_grad_enabled(grad_mode), fwad.dual_level():
+            with pytest.raises(fastsn.BackendUnavailableError, match="forward-mode AD"):
+                function(fwad.make_dual(x, tangent))
+
+
 @pytest.mark.skipif(not _extension.loaded(), reason="needs fastsn._C")
 def test_named_kernel_backend_under_vmap_with_parameters_that_require_grad(monkeypatch):
     """vmap over inputs through layers whose parameters require grad (a spectral-normalized Linear, FusedLeakyReLU)

@@ -474,6 +474,28 @@ def test_convert_spectral_norm_matches_the_unconverted_model(backend_device):
         _assert_close(ours.state_dict()[key], value)
 
 
+def test_convert_spectral_norm_keeps_the_objects_and_their_hooks():
+    """Conversion changes the class of torch's parametrization and hook objects in place: a forward hook on the
+    parametrization and attributes set on either still work, and the hook API's state_dict hooks (which hold the
+    hook object) keep saving and loading."""
+    torch.manual_seed(0)
+    model = _discriminator()
+    function = model[0].parametrizations.weight[0]
+    hook = next(iter(model[2]._forward_pre_hooks.values()))
+    function.note = hook.note = "kept"
+    calls = []
+    function.register_forward_hook(lambda module, args, out: calls.append(out.shape))
+    saved = copy.deepcopy(model.state_dict())
+    fastsn.convert_spectral_norm(model)
+    assert model[0].parametrizations.weight[0] is function and type(function) is fnu.parametrizations._SpectralNorm
+    assert type(hook).__module__ == "fastsn.nn.utils.spectral_norm" and function.note == hook.note == "kept"
+    model(torch.randn(2, 3, 9, 9))
+    assert calls == [model[0].parametrizations.weight.original.shape]
+    model.load_state_dict(saved)
+    assert model.state_dict()["2.weight_u"].equal(saved["2.weight_u"])
+    assert model.state_dict()._metadata["2"]["spectral_norm"] == {"weight.version": 1}
+
+
 def test_spectral_norms_reads_every_layer_without_updating(backend_device):
     backend, device = backend_device
     model = _discriminator().to(device)
@@ -486,6 +508,46 @@ def test_spectral_norms_reads_every_layer_without_updating(backend_device):
     weight = model[0].parametrizations.weight.original.detach().flatten(1)
     sn = model[0].parametrizations.weight[0]
     _assert_close(sigmas["0"], torch.dot(sn._u, weight @ sn._v))
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("grouped", [False, True], ids=["layer", "grouped"])
+def test_negative_iterations_set_later_run_none_as_torch(backend_device, api, grouped):
+    """Registration refuses n_power_iterations <= 0; set to a negative count afterwards, torch's range() runs no
+    iteration, and so does fastsn (it raised)."""
+    backend, device = backend_device
+    reference, ours = _twins(api, lambda: torch.nn.Linear(6, 3))
+    reference, ours = reference.to(device), ours.to(device)
+    x = torch.randn(2, 6, device=device)
+    for module in (reference, ours):
+        fn = module.parametrizations.weight[0] if api == "parametrizations" else next(
+            iter(module._forward_pre_hooks.values()))
+        fn.n_power_iterations = -1
+    with fastsn.use_backend(backend), (fastsn.grouped_spectral_norm(ours) if grouped else contextlib.nullcontext()):
+        y = ours(x)
+    _assert_close(y, reference(x))
+    for key, value in _buffers(reference).items():
+        _assert_close(_buffers(ours)[key], value)
+
+
+@pytest.mark.parametrize("sn", [TORCH_SN["parametrizations"], FASTSN_SN["parametrizations"]], ids=["torch", "fastsn"])
+def test_spectral_norms_of_chained_spectral_norms(backend_device, sn):
+    """Two spectral norms chained on one weight (the parametrizations API takes that): each reported under its own
+    key, the second from the first's output computed without a power iteration (u and v unchanged)."""
+    backend, device = backend_device
+    torch.manual_seed(0)
+    model = sn(sn(torch.nn.Linear(5, 4))).to(device)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with fastsn.use_backend(backend):
+        sigmas = fastsn.spectral_norms(model)
+    assert sorted(sigmas) == ["", "1"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    first, second = model.parametrizations.weight
+    with torch.no_grad():
+        first.eval()
+        normalized = first(model.parametrizations.weight.original)
+    _assert_close(sigmas["1"], torch.dot(second._u, normalized @ second._v))
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -653,7 +715,7 @@ def test_grouped_still_calls_what_would_observe_the_forward(backend_device, case
             lambda module, args, out: seen.append(out) if isinstance(module, parametrize.ParametrizationList) else None)
     else:
         function = container[0]
-        container[0] = Scaled.from_torch(function)
+        function.__class__ = Scaled
     reference = copy.deepcopy(layer)
     with fastsn.use_backend(backend):
         try:
@@ -668,23 +730,85 @@ def test_grouped_still_calls_what_would_observe_the_forward(backend_device, case
     assert len(seen) == (2 if "hook" in case else 0)  # once in each block
 
 
-def test_grouped_inside_cached_leaves_the_outer_cache_alone(backend_device):
-    """Inside an outer parametrize.cached(), a weight the grouped block did not use is computed at its first use
-    after the block (a fresh power iteration), as before; the outer cache is not filled with the block's weights."""
-    backend, device = backend_device
+def _unconverged_pair(api: str, device: str) -> torch.nn.Sequential:
+    """Two fastsn spectral-norm Linear layers whose u and v are far from converged (registration ran 15
+    iterations), so that every extra power iteration shows."""
     torch.manual_seed(0)
-    used, unused = (fnu.parametrizations.spectral_norm(torch.nn.Linear(4, 3)).to(device) for _ in range(2))
-    model = torch.nn.ModuleList([used, unused])
-    function = unused.parametrizations.weight[0]
-    with torch.no_grad():  # far from converged (registration ran 15 iterations), so that an iteration shows
-        function._u.copy_(F.normalize(torch.randn(3, device=device), dim=0))
-        function._v.copy_(F.normalize(torch.randn(4, device=device), dim=0))
-    with fastsn.use_backend(backend), parametrize.cached():
+    model = torch.nn.Sequential(FASTSN_SN[api](torch.nn.Linear(4, 3)), FASTSN_SN[api](torch.nn.Linear(3, 2)))
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(F.normalize(torch.randn_like(buffer), dim=0))
+    return model.to(device)
+
+
+@pytest.mark.parametrize("outer", ["cached", "grouped"])
+def test_grouped_nests_as_cached_does(backend_device, outer):
+    """Nested in parametrize.cached() or another grouped block, a grouped block reuses the weights computed there
+    and puts its own in the enclosing cache: as nested cached() blocks, one power iteration per outermost block."""
+    backend, device = backend_device
+    ours = _unconverged_pair("parametrizations", device)
+    reference = copy.deepcopy(ours)
+    x = torch.randn(5, 4, device=device)
+    results = []
+    for model, blocks in ((reference, (parametrize.cached, parametrize.cached)),
+                          (ours, (parametrize.cached if outer == "cached" else fastsn.grouped_spectral_norm,
+                                  fastsn.grouped_spectral_norm))):
+        outer_block, inner_block = (block(model) if block is fastsn.grouped_spectral_norm else block()
+                                    for block in blocks)
+        with fastsn.use_backend(backend), outer_block:
+            first = model[0](x)  # used before the inner block (by an outer cached(): computed and cached now)
+            with inner_block:
+                whole = model(x)
+            last = model[1](first)  # after it: the weight cached there
+            (first.sum() + whole.sum() + last.sum()).backward()
+        results.append([first, whole, last, *_buffers(model).values(), *(p.grad for p in model.parameters())])
+    for got, want in zip(*results[::-1]):
+        _assert_close(got, want)
+
+
+def test_grouped_inside_grouped_iterates_once(backend_device):
+    """Hook-API layers (which parametrize.cached() never caches) are iterated once per outermost grouped block,
+    inside an inner block too, also the layers the inner block does not cover."""
+    backend, device = backend_device
+    ours = _unconverged_pair("hook", device)
+    reference = copy.deepcopy(ours)
+    x = torch.randn(5, 4, device=device)
+    with fastsn.use_backend(backend):
+        with fastsn.grouped_spectral_norm(reference):
+            want = [reference(x), reference[1](reference[0](x))]
+        with fastsn.grouped_spectral_norm(ours):
+            first = ours(x)
+            with fastsn.grouped_spectral_norm(ours[1]):
+                second = ours[1](ours[0](x))
+    for got, expected in zip([first, second, *_buffers(ours).values()], [*want, *_buffers(reference).values()]):
+        _assert_close(got, expected)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_functional_call_inside_grouped_uses_the_tensors_passed(backend_device, api):
+    """torch.func.functional_call with other parameters and buffers, inside the block: computed from those (their
+    u and v updated, their weight given the gradient), as without the block; the block's own weights stay."""
+    backend, device = backend_device
+    model = _unconverged_pair(api, device)
+    reference = copy.deepcopy(model)
+    x = torch.randn(5, 4, device=device)
+    passed, passed_reference = ({name: tensor.detach().clone().mul_(-1 if tensor.ndim > 1 else 1).requires_grad_(
+        tensor.requires_grad) for name, tensor in {**dict(m.named_parameters()), **dict(m.named_buffers())}.items()}
+        for m in (model, reference))
+    with fastsn.use_backend(backend):
         with fastsn.grouped_spectral_norm(model):
-            used.weight
-        u_after_block = function._u.clone()
-        unused.weight  # computed now: one more iteration on u
-        assert not torch.equal(function._u, u_after_block)
+            own = model(x)
+            got = torch.func.functional_call(model, passed, (x,))
+            own_again = model(x)
+        want = torch.func.functional_call(reference, passed_reference, (x,))
+    got.sum().backward()
+    want.sum().backward()
+    _assert_close(own_again, own)
+    _assert_close(got, want)
+    for name, tensor in passed.items():
+        _assert_close(tensor.grad if tensor.requires_grad else tensor,
+                      passed_reference[name].grad if tensor.requires_grad else passed_reference[name])
+    assert all(p.grad is None for p in model.parameters())
 
 
 @pytest.mark.parametrize("api", APIS)

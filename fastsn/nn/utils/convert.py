@@ -15,11 +15,12 @@ SpectralNormFn = Union[_TorchParametrization, _torch_legacy.SpectralNorm]
 
 
 def convert_spectral_norm(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace, in place, every PyTorch spectral norm in ``model`` (either API) with fastsn's equivalent.
+    """Make, in place, every PyTorch spectral norm in ``model`` (either API) fastsn's equivalent.
 
-    The parametrizations keep their buffers (the same tensors) and the hooks their parameters, so state_dict
-    keys and values are unchanged, and outputs, gradients and u/v trajectories then match the unconverted
-    model to float tolerance.
+    Each parametrization or hook object changes class (fastsn's subclass of torch's, with the same state), so it
+    keeps its buffers, parameters, hooks and attributes and everything that refers to it (the state_dict hooks of
+    the hook API): state_dict keys and values are unchanged, and outputs, gradients and u/v trajectories then match
+    the unconverted model to float tolerance.
 
     Args:
         model: any module; fastsn's own spectral norms and other parametrizations are left alone.
@@ -30,18 +31,12 @@ def convert_spectral_norm(model: torch.nn.Module) -> torch.nn.Module:
     for module in model.modules():
         if parametrize.is_parametrized(module):
             for parametrizations in module.parametrizations.values():
-                for index, fn in enumerate(parametrizations):
+                for fn in parametrizations:
                     if type(fn) is _TorchParametrization:
-                        parametrizations[index] = _SpectralNorm.from_torch(fn)
-        for key, hook in list(module._forward_pre_hooks.items()):
+                        fn.__class__ = _SpectralNorm
+        for hook in module._forward_pre_hooks.values():
             if type(hook) is _torch_legacy.SpectralNorm:
-                new = SpectralNorm(hook.name, hook.n_power_iterations, hook.dim, hook.eps)
-                module._forward_pre_hooks[key] = new
-                # torch's state-dict hooks hold the hook object; point them at the new one
-                for state_hook in [*module._state_dict_hooks.values(), *module._load_state_dict_pre_hooks.values()]:
-                    inner = getattr(state_hook, "hook", state_hook)  # load pre-hooks come wrapped
-                    if getattr(inner, "fn", None) is hook:
-                        inner.fn = new
+                hook.__class__ = SpectralNorm
     return model
 
 
@@ -58,13 +53,29 @@ def _spectral_norm_layers(model: torch.nn.Module) -> Iterator[tuple[str, torch.n
                 yield module_name, module, hook.name, hook
 
 
+def _input_of(parametrizations: parametrize.ParametrizationList, position: int) -> torch.Tensor:
+    """The tensor the parametrization at ``position`` of the chain receives: ``original`` through the ones before
+    it, spectral norms among them evaluated as in eval mode (no power iteration, no update of their u and v)."""
+    weight = parametrizations.original
+    for earlier in list(parametrizations)[:position]:
+        training = earlier.training
+        if isinstance(earlier, _TorchParametrization):
+            earlier.training = False
+        try:
+            weight = earlier(weight)
+        finally:
+            earlier.training = training
+    return weight
+
+
 @torch.no_grad()
 def spectral_norms(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """{qualified module name: current sigma} of every spectral norm in ``model`` (fastsn's or torch's).
 
     sigma = u . (M v) from the current weight and the current u and v: no power iteration, no buffer update.
     Keys are module names ("" for the model itself), with ".<parameter>" appended when the parameter is not
-    "weight". 1-D weights under the parametrizations API report their 2-norm (what they are divided by).
+    "weight", and ".<position>" for a second spectral norm chained on one parameter (its position among the
+    parametrizations). 1-D weights under the parametrizations API report their 2-norm (what they are divided by).
 
     Args:
         model: any module.
@@ -78,9 +89,10 @@ def spectral_norms(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         key = module_name if tensor_name == "weight" else f"{module_name}.{tensor_name}".lstrip(".")
         if isinstance(fn, _TorchParametrization):
             parametrizations = module.parametrizations[tensor_name]
-            weight = parametrizations.original
-            for earlier in list(parametrizations)[: list(parametrizations).index(fn)]:
-                weight = earlier(weight)  # the spectral norm's input, when other parametrizations come first
+            position = list(parametrizations).index(fn)
+            if key in sigmas:
+                key = f"{key}.{position}".lstrip(".")
+            weight = _input_of(parametrizations, position)
             if weight.ndim == 1:
                 sigmas[key] = weight.norm().clamp_min(fn.eps).to(torch.float64 if weight.dtype == torch.float64
                                                                   else torch.float32)

@@ -74,28 +74,17 @@ class _SpectralNorm(_TorchSpectralNorm):
                 else:
                     spectral_norm_power_iteration(weight.detach(), self._u, self._v, self.dim, 15, self.eps, True)
 
-    @classmethod
-    def from_torch(cls, torch_sn: _TorchSpectralNorm) -> "_SpectralNorm":
-        """fastsn's twin of a torch ``_SpectralNorm``, sharing its buffers (no new draws, no iterations)."""
-        new = cls.__new__(cls)
-        torch.nn.Module.__init__(new)
-        new.dim, new.eps, new.training = torch_sn.dim, torch_sn.eps, torch_sn.training
-        if hasattr(torch_sn, "n_power_iterations"):
-            new.n_power_iterations = torch_sn.n_power_iterations
-        for name, buffer in torch_sn.named_buffers(recurse=False):
-            new.register_buffer(name, buffer)
-        return new
-
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1:
             return F.normalize(weight, dim=0, eps=self.eps)  # exact; as torch
         if weight.is_complex():
             return super().forward(weight)  # the kernels are real: torch's own computation
-        precomputed = _grouped.lookup(self)
+        buffers = self._buffers
+        precomputed = _grouped.lookup(self, weight, buffers.get("_u"), buffers.get("_v"))
         if precomputed is not None:
             return precomputed
-        # operator.index: a non-int count raises torch's TypeError (from its range()), not the op's schema error
-        iterations = operator.index(self.n_power_iterations) if self.training else 0
+        # as torch's range(): a non-int count raises its TypeError (not the op's schema error), one below 0 runs none
+        iterations = max(0, operator.index(self.n_power_iterations)) if self.training else 0
         sigma, u, v = spectral_norm_power_iteration(weight, self._u, self._v, self.dim, iterations, self.eps, True)
         return spectral_norm_normalize(weight, u, v, sigma, self.dim, self.eps)
 

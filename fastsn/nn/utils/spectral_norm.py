@@ -29,7 +29,9 @@ class SpectralNorm(_torch_legacy.SpectralNorm):
     """The forward pre-hook that recomputes ``<name>`` from ``<name>_orig`` with fastsn's fused ops."""
 
     def compute_weight(self, module: torch.nn.Module, do_power_iteration: bool) -> torch.Tensor:
-        precomputed = _grouped.lookup(self, module)
+        precomputed = _grouped.lookup(self, module._parameters.get(self.name + "_orig"),
+                                      module._buffers.get(self.name + "_u"), module._buffers.get(self.name + "_v"),
+                                      module)
         if precomputed is not None:
             return precomputed
         weight = getattr(module, self.name + "_orig")
@@ -39,8 +41,8 @@ class SpectralNorm(_torch_legacy.SpectralNorm):
         v = getattr(module, self.name + "_v")
         # A 1-D weight is the (h, 1) matrix of the hook API (the parametrizations API normalizes it exactly).
         matrix = weight.unsqueeze(1) if weight.dim() == 1 else weight
-        # operator.index: a non-int count raises torch's TypeError (from its range()), not the op's schema error
-        iterations = operator.index(self.n_power_iterations) if do_power_iteration else 0
+        # as torch's range(): a non-int count raises its TypeError (not the op's schema error), one below 0 runs none
+        iterations = max(0, operator.index(self.n_power_iterations)) if do_power_iteration else 0
         sigma, u_copy, v_copy = spectral_norm_power_iteration(matrix, u, v, self.dim, iterations, self.eps, False)
         return spectral_norm_normalize(matrix, u_copy, v_copy, sigma, self.dim, self.eps).view_as(weight)
 

@@ -85,6 +85,18 @@ def test_one_sample_gives_zeros_and_two_give_their_similarity(backend_device):
     torch.testing.assert_close(out, torch.full((2, 1), torch.exp(torch.tensor(-2.5)).item(), device=device))
 
 
+def test_similarity_down_to_the_smallest_normal_float(backend_device):
+    """Distances up to 126 ln 2 = 87.3365 give exp(-d) as a normal float32, to 1 ulp (the CPU kernel's vectorized
+    exp gave 0 beyond 87, where exp(-87.3) is still 1.2e-38)."""
+    backend, device = backend_device
+    distances = torch.linspace(86.5, 87.336, 40)
+    M = torch.stack([torch.zeros(40), distances]).view(2, 40, 1).to(device)  # (2 samples, 40 kernels, 1 dim)
+    out = mls.minibatch_l1_similarity(M, backend=backend)
+    want = torch.exp(-distances.double()).float().expand(2, 40)
+    assert want.min() >= torch.finfo(torch.float32).tiny
+    torch.testing.assert_close(out.cpu(), want, rtol=2.5e-7, atol=0)
+
+
 def test_non_contiguous_input(backend_device):
     backend, device = backend_device
     M = _sample((5, 3, 17), torch.float32, device).permute(2, 1, 0)  # (17, 3, 5), not contiguous

@@ -142,6 +142,15 @@ def test_non_int_sizes_are_a_type_error(backend_device, group_size, num_channels
         msd.minibatch_stddev(torch.randn(4, 2, device=device), group_size, num_channels, backend=backend)
 
 
+def test_integer_like_sizes_as_the_module_takes_them(backend_device):
+    """numpy integers and integer 0-d tensors are sizes, as MinibatchStdDev (and StyleGAN2-ADA's layer) take them."""
+    backend, device = backend_device
+    x = torch.randn(4, 2, 3, device=device)
+    want = msd.minibatch_stddev(x, 2, 1, backend=backend)
+    for group_size in (np.int64(2), torch.tensor(2)):
+        torch.testing.assert_close(msd.minibatch_stddev(x, group_size, np.int32(1), backend=backend), want)
+
+
 @pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_kernels_check_their_own_arguments(backend, device):
     suffix = "_triton" if backend == "triton" else ""

@@ -29,15 +29,16 @@ constexpr int64_t kGrainPairs = 1 << 16;  // (i, j, c) triples per task below wh
 
 // exp(-d) for d >= 0, written so that a loop over j vectorizes (std::exp does not without -ffast-math): Cephes'
 // expf range reduction (x = n ln2 + r, ln2 split in two), its degree-6 polynomial (about 1 ulp), 2^n from the
-// exponent bits. d > 87 (exp below the smallest normal float, 1.2e-38) and d = +inf give 0; NaN stays NaN. No
+// exponent bits. d > 87.33654 (126 ln 2 rounded down: beyond it exp is below the smallest normal float, 2^-126)
+// and d = +inf give 0, where std::exp gives a subnormal down to d = 103.9 (off by 1.2e-38 at most); NaN stays NaN. No
 // float comparison or select: GCC (with -ftrapping-math) turns those into branches, and branches stop the vectorizer;
 // the clamp is integer arithmetic on the bits (d >= 0, so its bits order as its values).
 FASTSN_ALWAYS_INLINE float exp_neg(float d) {
-  constexpr uint32_t kCut = 0x42AE0000u, kInf = 0x7F800000u;  // bits of 87.0f and +inf
+  constexpr uint32_t kCut = 0x42AEAC4Fu, kInf = 0x7F800000u;  // bits of 87.33654f and +inf
   uint32_t dbits;
   std::memcpy(&dbits, &d, sizeof(d));
   const uint32_t beyond = static_cast<uint32_t>(dbits > kCut) & static_cast<uint32_t>(dbits <= kInf);
-  const uint32_t cbits = dbits - (dbits - kCut) * beyond;  // min(d, 87) for d in [0, inf]; NaN untouched
+  const uint32_t cbits = dbits - (dbits - kCut) * beyond;  // min(d, cut) for d in [0, inf]; NaN untouched
   float x;
   std::memcpy(&x, &cbits, sizeof(x));
   x = -x;
@@ -51,7 +52,7 @@ FASTSN_ALWAYS_INLINE float exp_neg(float d) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (n + 127) << 23;  // n >= -126: a normal power of two
+  const int32_t bits = (n + 127) << 23;  // n >= -126 (d <= cut): a normal power of two, and p * 2^n normal
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale * static_cast<float>(1u - beyond);

@@ -20,6 +20,7 @@ Gamma / (K G) * ((u - mean_g u) / std - (sum_g u d) * d / (G std^3)).
 """
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple, Optional
 
 import torch
@@ -148,6 +149,17 @@ def _kernel(name: str, backend: str):
     return getattr(torch.ops.fastsn, f"{name}_triton" if backend == "triton" else name)
 
 
+def _index(value: object) -> object:
+    """An integer-like size (numpy integer, integer 0-d tensor) as an int; anything else as it is, for the checks
+    to refuse (a bool, a float)."""
+    if isinstance(value, (bool, int, torch.SymInt)):
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
+
+
 def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_channels: int = 1, *,
                      backend: Optional[str] = None) -> torch.Tensor:
     """cat([x, minibatch std statistics], 1), fused (StyleGAN2-ADA's layer; module docstring for the formula).
@@ -161,6 +173,8 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_channels: int = 1
     Returns:
         (N, C + F, *spatial) in x's dtype, contiguous; differentiable in x to any order.
     """
+    # numpy integers and integer 0-d tensors are sizes too (as for the module, and StyleGAN2-ADA's layer)
+    group_size, num_channels = (_index(group_size), _index(num_channels))
     check_minibatch_stddev_args(x, group_size, num_channels)
     name = _backend.resolve("minibatch_stddev", x.device, backend)
     if name == "ref":

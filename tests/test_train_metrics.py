@@ -70,9 +70,17 @@ def test_prdc_identical_sets_and_disjoint_sets():
     real = torch.randn(500, 2, generator=g)
     same = metrics.prdc(real, real.clone())
     assert same["precision"] == 1.0 and same["recall"] == 1.0 and same["coverage"] == 1.0
-    assert same["density"] == pytest.approx(1.0 + 1.0 / metrics.PRDC_K)  # each fake is in its own ball + its k nbrs
+    # open balls (Naeem et al.): R_i's holds itself and its k - 1 nearest others, so each real counts k fakes
+    assert same["density"] == 1.0
     far = metrics.prdc(real, real + 100.0)
     assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+def test_prdc_identical_sets_of_wide_features_score_one():
+    # the digit classifier's 192 features: the balls' edges need distances without cdist's matrix-product rounding
+    features = torch.randn(300, 192, generator=torch.Generator().manual_seed(1))
+    assert metrics.prdc(features, features.clone()) == {"precision": 1.0, "recall": 1.0, "density": 1.0,
+                                                       "coverage": 1.0}
 
 
 def test_prdc_collapse_keeps_precision_loses_recall_and_coverage():

@@ -151,7 +151,10 @@ def mlp_generator(model: str = "small") -> torch.nn.Module:
     if model == "large":
         layers: list[torch.nn.Module] = []
         for fan_in in (Z_DIM_2D,) + (LARGE_G_2D,) * (LARGE_G_LAYERS_2D - 1):
-            layers += [torch.nn.Linear(fan_in, LARGE_G_2D), torch.nn.BatchNorm1d(LARGE_G_2D), torch.nn.ReLU()]
+            # no bias before batch norm: its mean subtraction cancels it, so its true gradient is 0 and Adam would
+            # turn rounding noise into full steps of a parameter that changes nothing
+            layers += [torch.nn.Linear(fan_in, LARGE_G_2D, bias=False), torch.nn.BatchNorm1d(LARGE_G_2D),
+                       torch.nn.ReLU()]
         return torch.nn.Sequential(*layers, torch.nn.Linear(LARGE_G_2D, 2))
     h = HIDDEN_2D
     return torch.nn.Sequential(torch.nn.Linear(Z_DIM_2D, h), torch.nn.ReLU(), torch.nn.Linear(h, h), torch.nn.ReLU(),
@@ -173,13 +176,16 @@ def mlp_discriminator(parts: _Parts) -> torch.nn.Module:
 
 def conv_generator(model: str = "small") -> torch.nn.Module:
     """z (N, 64) -> x (N, 3, 8, 8) in [-1, 1]: DCGAN-style, 2x2 -> 4x4 -> 8x8 with batch norm; channels 128, 64, 32
-    (--model large: 256, 128, 64)."""
+    (--model large: 256, 128, 64). The transposed convolutions have no bias: the batch norm after each cancels a
+    per-channel bias (true gradient 0, which Adam would turn into full steps of rounding noise)."""
     w = 2 if model == "large" else 1
     return torch.nn.Sequential(
         torch.nn.Linear(Z_DIM_IMAGE, 128 * w * 2 * 2), torch.nn.Unflatten(1, (128 * w, 2, 2)),
         torch.nn.BatchNorm2d(128 * w), torch.nn.ReLU(),
-        torch.nn.ConvTranspose2d(128 * w, 64 * w, 4, 2, 1), torch.nn.BatchNorm2d(64 * w), torch.nn.ReLU(),  # 4 x 4
-        torch.nn.ConvTranspose2d(64 * w, 32 * w, 4, 2, 1), torch.nn.BatchNorm2d(32 * w), torch.nn.ReLU(),   # 8 x 8
+        torch.nn.ConvTranspose2d(128 * w, 64 * w, 4, 2, 1, bias=False), torch.nn.BatchNorm2d(64 * w),  # 4 x 4
+        torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(64 * w, 32 * w, 4, 2, 1, bias=False), torch.nn.BatchNorm2d(32 * w),  # 8 x 8
+        torch.nn.ReLU(),
         torch.nn.Conv2d(32 * w, 3, 3, 1, 1), torch.nn.Tanh())
 
 

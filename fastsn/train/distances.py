@@ -13,9 +13,11 @@ names say so.
     EMD         the earth mover's (Wasserstein-1) distance between two equal-size point sets with uniform weights:
                 the mean Euclidean distance of the optimal one-to-one assignment (exact, by scipy's
                 ``linear_sum_assignment``; O(n^3), so on 1000 points of each set for 2-D data)
-    sliced EMD  for images: the mean over random unit directions of the 1-D Wasserstein-1 distance of the projected
+    sliced EMD  for images: the mean over unit directions theta of the 1-D Wasserstein-1 distance of the projected
                 sets (1-D optimal transport pairs the sorted values); for a shift d of a whole set it is
-                E|<d, theta>|, theta uniform on the sphere
+                E|<d, theta>|, theta uniform on the sphere. 1024 seeded random directions (the estimate's relative
+                spread on a shift is 0.76 / sqrt(1024) = 2.4%; the same directions for every run and for the real
+                floor); in 2-D 1024 evenly spaced angles (the circle's integral to ~1e-6)
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import math
 
 import torch
 
-SLICED_DIRECTIONS = 256
+SLICED_DIRECTIONS = 1024
 SLICED_SEED = 2024
 
 
@@ -127,12 +129,25 @@ def emd(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(cost[rows, cols].mean())
 
 
+def _unit_directions(dim: int, count: int, seed: int) -> torch.Tensor:
+    """(dim, count) float64 unit columns: in 1-D the one direction, in 2-D angles pi (k + 1/2) / count (|<d, theta>|
+    is the same for theta and -theta, so the half circle covers the circle), else seeded normal draws normalized."""
+    if dim == 1:
+        return torch.ones(1, 1, dtype=torch.float64)
+    if dim == 2:
+        angle = (torch.arange(count, dtype=torch.float64) + 0.5) * (math.pi / count)
+        return torch.stack([angle.cos(), angle.sin()])
+    theta = torch.randn(dim, count, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return theta / theta.norm(dim=0, keepdim=True)
+
+
 def sliced_emd(a: torch.Tensor, b: torch.Tensor, directions: int = SLICED_DIRECTIONS,
                seed: int = SLICED_SEED) -> float:
     """The sliced earth mover's distance of two equal-size sets of any dimension.
 
     Args:
-        a, b: (n, ...) samples, flattened per sample to D values; directions: random unit vectors (seeded).
+        a, b: (n, ...) samples, flattened per sample to D values; directions: how many unit vectors (random and seeded above
+            2-D, evenly spaced in 2-D).
 
     Returns:
         mean over directions theta of mean_i |sort(a theta)_i - sort(b theta)_i|.
@@ -141,7 +156,6 @@ def sliced_emd(a: torch.Tensor, b: torch.Tensor, directions: int = SLICED_DIRECT
     if a.shape != b.shape:
         raise ValueError(f"sliced_emd: the two sets must have the same shape, got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
-    theta = torch.randn(a.shape[1], directions, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    theta = theta / theta.norm(dim=0, keepdim=True)  # (D, L) unit columns
+    theta = _unit_directions(a.shape[1], directions, seed)  # (D, L)
     pa, pb = (a @ theta).sort(0).values, (b @ theta).sort(0).values  # (n, L)
     return float((pa - pb).abs().mean())

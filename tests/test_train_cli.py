@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -210,6 +211,10 @@ def test_config_file_same_keys_and_command_line_wins(tmp_path, suffix):
     (["--lr-g", "0"], "argument --lr-g: must be a positive number"),
     (["--lr-d=-1e-3"], "argument --lr-d: must be a positive number"),
     (["--gp-weight", "-1"], "argument --gp-weight: must be a number >= 0"),
+    (["--gp", "r1", "--gp-weight", "inf"], "argument --gp-weight: must be a finite number, got inf"),
+    (["--lr-g", "inf"], "argument --lr-g: must be a finite number, got inf"),
+    (["--lr-d", "nan"], "argument --lr-d: must be a finite number, got nan"),
+    (["--ema=-inf"], "argument --ema: must be a finite number, got -inf"),
     (["--n-critic", "0"], "argument --n-critic: must be an integer >= 1"),
     (["--batch-size", "1"], "--batch-size: must be an integer >= 2"),
     (["--mbstd", "--batch-size", "30"], "--batch-size: --mbstd groups samples by 4"),
@@ -234,6 +239,9 @@ def test_bad_values_name_the_option(argv, message, capsys):
     ('{"sn": "yes"}', "argument --sn: must be true or false"),
     ('{"learning_rate": 0.1}', "unknown setting 'learning_rate'"),
     ('{"steps": [1, 2]}', "argument --steps: must be a single value"),
+    ('{"gp": "r1", "gp_weight": "inf"}', "argument --gp-weight: must be a finite number, got inf"),
+    ('{"lr_d": 1e999}', "argument --lr-d: must be a finite number, got inf"),
+    ('{"ema": "-inf"}', "argument --ema: must be a finite number, got -inf"),
     ("[1, 2]", "must hold a table of settings"),
     ("{oops", "is not valid JSON"),
     # the settings' own checks, after parsing
@@ -249,6 +257,17 @@ def test_bad_config_file_values_name_the_option_and_file(content, message, tmp_p
         cli.main(["--config", str(path), "--quiet"])
     assert exc.value.code == 2
     assert message.format(path=path) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"lr_g": math.inf}, "--lr-g: must be a finite positive number, got inf"),
+    ({"lr_d": math.nan}, "--lr-d: must be a finite positive number, got nan"),
+    ({"gp": "r1", "gp_weight": math.inf}, "--gp-weight: must be a finite number >= 0, got inf"),
+    ({"ema": math.nan}, "--ema: must be a number in [0, 1), got nan"),
+])
+def test_train_config_refuses_non_finite_numbers(settings, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**settings).validate()
 
 
 def test_bad_command_line_value_with_a_config_file_names_no_file(tmp_path, capsys):
@@ -279,3 +298,70 @@ def test_digit_classifier_is_fitted_once_and_cached(cache_dir):
     assert torch.equal(first.weight, again.weight) and first.accuracy == again.accuracy > 0.9
     images, modes = data.sample_with_modes(500, torch.Generator().manual_seed(0))
     assert (first.modes(images) == modes).float().mean() > 0.85  # three digits right at ~0.97 each
+
+
+def test_a_diverging_run_stops_and_reports_it(tmp_path, capsys):
+    out = tmp_path / "diverged"
+    argv = ["--steps", "60", "--batch-size", "32", "--lr-g", "1e4", "--lr-d", "1e4", "--loss", "wasserstein",
+            "--monitor-every", "1", "--out", str(out), "--quiet"]
+    with pytest.warns(UserWarning, match=r"training diverged at step \d+ \(D loss is not finite\)"):
+        assert cli.main(argv) == 0
+    assert "diverged (a loss became NaN or infinite" in capsys.readouterr().out
+    run = json.loads((out / "report.json").read_text())["runs"]["run"]  # standard JSON: NaN written as null
+    assert run["diverged_at"] == run["steps_done"] < 60
+    m = run["metrics"]
+    assert m["non_finite_samples"] == 2500 and m["modes"] == 0 and m["precision"] == 0.0
+    assert m["fid_local"] is None and m["emd"] is None and m["real_emd"] > 0
+    assert (out / "run-spectra.png").exists()
+
+
+def test_checks_record_condition_numbers(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["--sn", "--steps", "2", "--batch-size", "16", "--out", str(out), "--quiet"]) == 0
+    check = json.loads((out / "report.json").read_text())["runs"]["run"]["checks"][-1]
+    assert check["condition_numbers"].keys() == check["spectra"].keys()
+    for layer, (high, low) in check["spectra"].items():
+        assert check["condition_numbers"][layer] == pytest.approx(high / low)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--gp-weight", "5"], "--gp-weight is ignored without --gp"),
+    (["--n-power-iterations", "3"], "--n-power-iterations is ignored without --sn"),
+    (["--strengthen", "mbd"], "--strengthen is ignored with --on-collapse warn"),
+    (["--ttur", "--lr-g", "1e-4", "--lr-d", "1e-4"], "--ttur is ignored: --lr-g and --lr-d both replace"),
+])
+def test_options_a_run_cannot_use_are_named(argv, message, tmp_path, capsys):
+    assert cli.main(argv + ["--steps", "1", "--batch-size", "8", "--out", str(tmp_path), "--quiet"]) == 0
+    assert f"fastsn-train: warning: {message}" in capsys.readouterr().err
+
+
+def test_options_a_run_uses_draw_no_warning(tmp_path, capsys):
+    argv = ["--gp", "r1", "--gp-weight", "5", "--sn", "--n-power-iterations", "2", "--on-collapse", "strengthen",
+            "--strengthen", "mbd", "--ttur", "--lr-g", "1e-4", "--steps", "1", "--batch-size", "8"]
+    assert cli.main(argv + ["--out", str(tmp_path), "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_non_finite_digit_samples_hit_no_mode(cache_dir):
+    # the classifier labels a NaN image all the same (argmax of NaN scores): such a sample must not count as a mode
+    from fastsn.train.data import make_dataset
+    from fastsn.train.evaluate import Evaluator
+    evaluator = Evaluator(make_dataset("stacked-digits"), cache_dir)
+
+    class HalfNaN(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            x = torch.tanh(z[:, :1, None, None].expand(-1, 3, 8, 8) * self.scale).clone()  # (N, 3, 8, 8)
+            x[::2] = math.nan
+            return x
+
+    samples = torch.full((6, 3, 8, 8), math.nan)
+    assert evaluator.modes_hit(samples) == 0
+    m, samples = evaluator.final(HalfNaN(), 64, torch.device("cpu"))
+    assert m["non_finite_samples"] == 13000
+    finite_modes = torch.unique(evaluator.classifier.modes(samples[1::2])).numel()
+    assert m["modes"] == finite_modes
+    assert math.isnan(m["fid_local"]) and math.isnan(m["sliced_emd"]) and math.isnan(m["is_local"])

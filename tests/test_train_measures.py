@@ -169,3 +169,26 @@ def test_grid_centers_distance_floor():
     a = centers[torch.randint(25, (400,), generator=g)] + 0.05 * torch.randn(400, 2, generator=g)
     b = centers[torch.randint(25, (400,), generator=g)] + 0.05 * torch.randn(400, 2, generator=g)
     assert 0 < distances.emd(a, b) < 1.0
+
+
+def test_a_diverged_discriminator_has_nan_spectra():
+    linear = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        linear.weight[0, 1] = math.nan
+    s = spectra.layer_spectra(torch.nn.Sequential(linear, torch.nn.Linear(2, 1)))
+    assert all(math.isnan(v) for v in s["0"]) and all(math.isfinite(v) for v in s["1"])
+    assert math.isnan(spectra.condition_number(s["0"]))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_distances_of_a_set_with_a_non_finite_sample_are_nan(bad):
+    real = _gaussian(50, 2, 1)
+    fake = real.flip(0).clone()
+    fake[3, 1] = bad
+    assert math.isnan(distances.frechet_distance(real, fake))
+    assert math.isnan(distances.emd(real, fake))
+    assert math.isnan(distances.sliced_emd(real, fake))
+    assert math.isnan(distances.inception_score(distances.mixture_posteriors(fake, ring8_centers(), 0.05)))
+    nan_digits = torch.full((4, 3, 10), 0.1, dtype=torch.float64)
+    nan_digits[2, 0, 0] = math.nan
+    assert math.isnan(distances.stacked_inception_score(nan_digits))

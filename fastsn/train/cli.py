@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import re
@@ -54,22 +55,30 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _finite_float(text: str) -> float:
+    """float(text), refusing inf and nan (an infinite rate or weight only shows as NaN losses, then a failed SVD)."""
     value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
 def _unit_interval(text: str) -> float:
-    value = float(text)
+    value = _finite_float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _finite_float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
@@ -177,7 +186,8 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> list[str]:
         else:
             if isinstance(value, (dict, list)) or value is None:
                 parser.error(f"argument {option}: must be a single value in {path!r}, got {value!r}")
-            tokens += [option, str(value).lower() if isinstance(value, bool) else str(value)]
+            # one "--option=value" token: argparse would take a value such as "-inf" for an option name
+            tokens.append(f"{option}={str(value).lower() if isinstance(value, bool) else value}")
     return tokens
 
 
@@ -217,6 +227,24 @@ def _error_parser(args: argparse.Namespace, message: str) -> argparse.ArgumentPa
     if args.config and named & getattr(args, "from_config", set()):
         return _config_parser(args.config)
     return build_parser()
+
+
+def unused_options(config: TrainConfig, given: set[str]) -> list[str]:
+    """Messages for options given that the run cannot use (each names the option that would make it count).
+
+    Args:
+        config: the run's settings; given: the options given (command line or --config).
+    """
+    unused = []
+    if "gp_weight" in given and config.gp == "none":
+        unused.append("--gp-weight is ignored without --gp (a strengthen event's R1 uses its own weight, 1)")
+    if "n_power_iterations" in given and not config.sn:
+        unused.append("--n-power-iterations is ignored without --sn")
+    if "strengthen" in given and config.on_collapse != "strengthen":
+        unused.append(f"--strengthen is ignored with --on-collapse {config.on_collapse} (it needs strengthen)")
+    if config.ttur and {"lr_g", "lr_d"} <= given:
+        unused.append("--ttur is ignored: --lr-g and --lr-d both replace its learning rates")
+    return unused
 
 
 def _train_config(args: argparse.Namespace, **overrides) -> TrainConfig:
@@ -449,9 +477,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from fastsn.train import report
     args, given = parse(argv)
     try:
-        _train_config(args).validate()
+        config = _train_config(args).validate()
     except ValueError as e:
         _error_parser(args, str(e)).error(str(e))
+    if not args.suite:  # a suite's runs set some of these options themselves
+        for message in unused_options(config, given):
+            print(f"fastsn-train: warning: {message}", file=sys.stderr)
     torch.set_num_threads(args.threads or 1)
     rank, world = _init_distributed(args.device)
     out = pathlib.Path(args.out or "fastsn-train-out")
@@ -474,6 +505,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if rank == 0:
             payload.update({"environment": report.environment(), "world_size": world, "threads": args.threads or 1,
                             "seconds": time.perf_counter() - started})
+            diverged = [f"{name} at step {r['diverged_at']}" for name, r in payload.get("runs", {}).items()
+                        if r.get("diverged_at") is not None]
+            if diverged:
+                payload["note"] = "; ".join(filter(None, [payload.get("note"), (
+                    f"diverged (a loss became NaN or infinite; training stopped there, the metrics are of the last "
+                    f"G): {', '.join(diverged)}")]))
             report.write_json(out / "report.json", payload)
             print(payload["table"])
             if payload.get("note"):

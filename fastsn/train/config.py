@@ -113,12 +113,11 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: must be an integer >= {low}, got {value!r}")
         for name in ("lr_g", "lr_d"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
-                raise ValueError(f"--{name.replace('_', '-')}: must be a positive number, got {value!r}")
-        if self.gp_weight is not None and (isinstance(self.gp_weight, bool) or
-                                           not isinstance(self.gp_weight, (int, float)) or not self.gp_weight >= 0):
-            raise ValueError(f"--gp-weight: must be a number >= 0, got {self.gp_weight!r}")
-        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
+            if value is not None and (not _is_number(value) or not 0 < value < math.inf):
+                raise ValueError(f"--{name.replace('_', '-')}: must be a finite positive number, got {value!r}")
+        if self.gp_weight is not None and (not _is_number(self.gp_weight) or not 0 <= self.gp_weight < math.inf):
+            raise ValueError(f"--gp-weight: must be a finite number >= 0, got {self.gp_weight!r}")
+        if not _is_number(self.ema) or not 0 <= self.ema < 1:
             raise ValueError(f"--ema: must be a number in [0, 1), got {self.ema!r}")
         if self.batch_size % self.pack:
             raise ValueError(f"--batch-size: {self.batch_size} is not divisible by --pack {self.pack} (D judges packs "
@@ -145,6 +144,11 @@ class TrainConfig:
         settings["lr_g"], settings["lr_d"] = self.learning_rates
         settings["lr_schedule"] = self.schedule
         return settings
+
+
+def _is_number(value: object) -> bool:
+    """An int or a float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def schedule_factor(schedule: str, step: int, steps: int) -> float:

@@ -36,13 +36,16 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
         real: (n, D) features; fake: (m, D) features (n, m >= 2).
 
     Returns:
-        |mu_r - mu_f|^2 + tr(S_r) + tr(S_f) - 2 tr((S_r^1/2 S_f S_r^1/2)^1/2), in float64, clamped at 0.
+        |mu_r - mu_f|^2 + tr(S_r) + tr(S_f) - 2 tr((S_r^1/2 S_f S_r^1/2)^1/2), in float64, clamped at 0; NaN when a
+        value is not finite (a diverged G: its Gaussian is undefined).
     """
     real, fake = real.detach().double().cpu().flatten(1), fake.detach().double().cpu().flatten(1)
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"frechet_distance: real has {real.shape[1]} features per sample, fake {fake.shape[1]}")
     if real.shape[0] < 2 or fake.shape[0] < 2:
         raise ValueError("frechet_distance: need at least 2 samples in each set")
+    if not (real.isfinite().all() and fake.isfinite().all()):
+        return math.nan  # eigh fails on such a covariance
     mu_r, mu_f = real.mean(0), fake.mean(0)
     s_r, s_f = torch.cov(real.T).reshape(real.shape[1], -1), torch.cov(fake.T).reshape(fake.shape[1], -1)  # (D, D)
     root_r = _psd_sqrt(s_r)
@@ -66,9 +69,12 @@ def inception_score(probabilities: torch.Tensor) -> float:
         probabilities: (N, K) rows summing to 1.
 
     Returns:
-        exp(mean_x KL(p(y|x) || p(y))) = exp(H(p(y)) - mean_x H(p(y|x))), in [1, K].
+        exp(mean_x KL(p(y|x) || p(y))) = exp(H(p(y)) - mean_x H(p(y|x))), in [1, K]; NaN when a probability is
+        NaN (a diverged G's sample).
     """
     p = probabilities.detach().double().cpu()
+    if p.isnan().any():
+        return math.nan  # the entropies' 0 log 0 = 0 rule would count a NaN as 0
     marginal = p.mean(0)
     return math.exp(float(_entropy_rows(marginal[None])[0]) - float(_entropy_rows(p).mean()))
 
@@ -82,10 +88,13 @@ def stacked_inception_score(probabilities: torch.Tensor) -> float:
 
     Returns:
         exp(H(p(y)) - mean_x H(p(y|x))), in [1, 1000]; H(p(y|x)) of a product is the sum of the channels' entropies.
+        NaN when a probability is NaN.
     """
     p = probabilities.detach().double().cpu()
     if p.dim() != 3 or p.shape[1] != 3:
         raise ValueError(f"stacked_inception_score: probabilities must be (N, 3, K), got {tuple(p.shape)}")
+    if p.isnan().any():
+        return math.nan
     marginal = torch.einsum("ni,nj,nk->ijk", p[:, 0], p[:, 1], p[:, 2]) / p.shape[0]  # (K, K, K): p(y)
     conditional = _entropy_rows(p.flatten(0, 1)).view(p.shape[0], 3).sum(1)  # (N,)
     return math.exp(float(_entropy_rows(marginal.reshape(1, -1))[0]) - float(conditional.mean()))
@@ -117,13 +126,15 @@ def emd(a: torch.Tensor, b: torch.Tensor) -> float:
         a, b: (n, D) points each.
 
     Returns:
-        min over one-to-one assignments s of mean_i |a_i - b_s(i)|.
+        min over one-to-one assignments s of mean_i |a_i - b_s(i)|; NaN when a coordinate is not finite.
     """
     from scipy.optimize import linear_sum_assignment
 
     a, b = a.detach().double().cpu().flatten(1), b.detach().double().cpu().flatten(1)
     if a.shape != b.shape:
         raise ValueError(f"emd: the two sets must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if not (a.isfinite().all() and b.isfinite().all()):
+        return math.nan  # linear_sum_assignment refuses such costs
     cost = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").numpy()  # (n, n), exact differences
     rows, cols = linear_sum_assignment(cost)
     return float(cost[rows, cols].mean())
@@ -150,12 +161,15 @@ def sliced_emd(a: torch.Tensor, b: torch.Tensor, directions: int = SLICED_DIRECT
             2-D, evenly spaced in 2-D).
 
     Returns:
-        mean over directions theta of mean_i |sort(a theta)_i - sort(b theta)_i|.
+        mean over directions theta of mean_i |sort(a theta)_i - sort(b theta)_i|; NaN when a value is not finite
+        (as the other distances).
     """
     a, b = a.detach().double().cpu().flatten(1), b.detach().double().cpu().flatten(1)
     if a.shape != b.shape:
         raise ValueError(f"sliced_emd: the two sets must have the same shape, got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
+    if not (a.isfinite().all() and b.isfinite().all()):
+        return math.nan
     theta = _unit_directions(a.shape[1], directions, seed)  # (D, L)
     pa, pb = (a @ theta).sort(0).values, (b @ theta).sort(0).values  # (n, L)
     return float((pa - pb).abs().mean())

@@ -43,6 +43,11 @@ def sample_generator(G: torch.nn.Module, n: int, z_dim: int, seed: int, device: 
         G.train(was_training)
 
 
+def _finite_rows(samples: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the samples (N, ...) whose values are all finite."""
+    return samples.flatten(1).isfinite().all(1)
+
+
 class Evaluator:
     """Measures G on one data set.
 
@@ -59,10 +64,11 @@ class Evaluator:
         self.monitor_real = data.sample(MONITOR_SAMPLES, torch.Generator().manual_seed(EVAL_SEED + 1))
 
     def modes_hit(self, samples: torch.Tensor) -> int:
-        """Modes hit by samples: 2-D, nearest to a high-quality sample; digits, classified into."""
+        """Modes hit by samples: 2-D, nearest to a high-quality sample; digits, classified into (a sample with a
+        non-finite value hits none: the classifier would label it anyway)."""
         if self.classifier is None:
             return metrics.mixture_metrics(samples, self.data.centers, self.data.std)["modes"]
-        return int(torch.unique(self.classifier.modes(samples)).numel())
+        return int(torch.unique(self.classifier.modes(samples[_finite_rows(samples)])).numel())
 
     def monitor(self, G: torch.nn.Module, z_dim: int, step: int, device: torch.device) -> tuple[int, float]:
         """(modes hit, fake/real mean pairwise-distance ratio) on 500 samples."""
@@ -73,7 +79,9 @@ class Evaluator:
         """The report's metrics.
 
         Returns:
-            (metrics dict, the samples drawn: (2500, 2) or (26000, 3, 8, 8)).
+            (metrics dict, the samples drawn: (2500, 2) or (26000, 3, 8, 8)). The dict's "non_finite_samples"
+            counts G's samples with a NaN or infinite value (a diverged G): they hit no mode and lie in no
+            precision/recall ball, and the distances of a set holding one are NaN.
         """
         real_gen = torch.Generator().manual_seed(EVAL_SEED + 3)
         if self.classifier is None:
@@ -84,13 +92,15 @@ class Evaluator:
         else:
             fake = sample_generator(G, EVAL_SAMPLES_DIGITS, z_dim, EVAL_SEED, device)
             real, _ = self.data.sample_with_modes(EVAL_SAMPLES_DIGITS, real_gen)
-            result = metrics.mode_histogram_metrics(self.classifier.modes(fake), self.data.n_modes)
+            result = metrics.mode_histogram_metrics(self.classifier.modes(fake[_finite_rows(fake)]),
+                                                    self.data.n_modes)
             floor = metrics.mode_histogram_metrics(self.classifier.modes(real), self.data.n_modes)
             result.update({"real_modes": floor["modes"], "real_reverse_kl": floor["reverse_kl"],
                            "classifier_accuracy": self.classifier.accuracy})
             result.update(metrics.prdc(self.classifier.features(real[:PRDC_SAMPLES]),
                                        self.classifier.features(fake[:PRDC_SAMPLES])))
         result.update(self._distances(real, fake))
+        result["non_finite_samples"] = int((~_finite_rows(fake)).sum())
         key = (self.data.name, self.classifier.accuracy if self.classifier else None)
         if key not in _FLOORS:  # the same for every run on this data: computed once per process
             other = self.data.sample(real.shape[0], torch.Generator().manual_seed(EVAL_SEED + 4))

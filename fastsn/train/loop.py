@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -44,12 +45,14 @@ class RunResult:
     """What one run produced.
 
     Attributes:
-        config: the settings (with the penalty as it ended, after any strengthening).
+        config: the settings (with the penalty and D's base learning rate as they ended, after any strengthening).
         history: {"step", "d_loss", "g_loss", "penalty"}: one entry per step (losses of the step's last D update).
         checks: the monitor's checks; events: its collapse events (with what was done).
         metrics: final metrics (rank 0; {} elsewhere). ms_per_step: training time per step, monitor excluded.
         samples: the final evaluation's samples (for pictures). G, D: the trained modules (unwrapped).
         stopped_at: the step a "stop" event ended training at, else None.
+        diverged_at: the step whose D loss, G loss or penalty was NaN or infinite (training ended there; the
+            report evaluates the last G, whose non-finite samples its metrics count), else None.
         G_ema: the moving average of G's weights that was evaluated (--ema), else None.
     """
     config: dict
@@ -64,6 +67,7 @@ class RunResult:
     stopped_at: Optional[int] = None
     world_size: int = 1
     G_ema: Optional[torch.nn.Module] = None
+    diverged_at: Optional[int] = None
 
 
 class _Pair(torch.nn.Module):
@@ -121,6 +125,14 @@ def _world() -> tuple[int, int]:
 
 def _sigmas(D: torch.nn.Module) -> dict[str, float]:
     return {name: float(sigma) for name, sigma in fastsn.spectral_norms(D).items()}
+
+
+def _non_finite_loss(history: dict[str, list]) -> Optional[str]:
+    """The name of the last step's first loss that is NaN or infinite ("D loss", "G loss", "penalty"), else None."""
+    for key, name in (("d_loss", "D loss"), ("g_loss", "G loss"), ("penalty", "penalty")):
+        if not math.isfinite(history[key][-1]):
+            return name
+    return None
 
 
 def discriminator_backward(backend: str, pair: torch.nn.Module, D: torch.nn.Module, real: torch.Tensor,
@@ -235,7 +247,7 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
     evaluator = Evaluator(data, config.cache_dir) if evaluate and rank == 0 else None
     monitor = CollapseMonitor(config.on_collapse)
     history: dict[str, list] = {"step": [], "d_loss": [], "g_loss": [], "penalty": []}
-    train_seconds, stopped_at, last_modes, events_seen = 0.0, None, None, 0
+    train_seconds, stopped_at, diverged_at, last_modes, events_seen = 0.0, None, None, None, 0
 
     def real_batch() -> torch.Tensor:
         return data.sample(batch, streams["data"]).to(device, dtype)
@@ -276,6 +288,19 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
         history["d_loss"].append(loss_d.item())
         history["g_loss"].append(loss_g.item())
         history["penalty"].append(penalty.item())
+        diverged = _non_finite_loss(history)
+        if world > 1:
+            # every process leaves the loop at the same step: a NaN on one rank reaches the others only through
+            # the next all-reduce of gradients
+            flag = torch.tensor([1.0 if diverged else 0.0], device=device)
+            dist.all_reduce(flag, dist.ReduceOp.MAX)
+            diverged = diverged or ("loss on another process" if flag.item() else None)
+        if diverged:
+            diverged_at = step
+            if rank == 0:
+                warnings.warn(f"fastsn-train: training diverged at step {step} ({diverged} is not finite); "
+                              f"stopped there, and the report evaluates the last G", stacklevel=2)
+            break
 
         event = None
         if evaluator is not None and (step % config.check_every == 0 or step == config.steps):
@@ -315,4 +340,4 @@ def train(config: TrainConfig, progress: Optional[Callable[[int, dict], None]] =
     used.update({"gp": strength.gp_kind, "gp_weight": strength.gp_weight, "lr_d": base_lr["d"],
                  "mbd_switched_on": strength.mbd_on})
     return RunResult(used, history, monitor.checks, monitor.events, final, 1000 * train_seconds / max(steps_done, 1),
-                     samples, G, D, stopped_at, world, G_ema)
+                     samples, G, D, stopped_at, world, G_ema, diverged_at)

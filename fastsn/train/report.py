@@ -12,6 +12,7 @@ from typing import Optional, TextIO
 import torch
 
 from fastsn.train.loop import RunResult
+from fastsn.train.spectra import condition_number
 
 HISTORY_POINTS = 1000  # the JSON keeps at most this many points of each loss curve
 
@@ -77,15 +78,32 @@ def run_record(result: RunResult) -> dict:
     """The JSON-ready record of one run."""
     return {"config": result.config, "metrics": result.metrics, "ms_per_step": result.ms_per_step,
             "steps_done": len(result.history["step"]), "stopped_at": result.stopped_at,
+            "diverged_at": result.diverged_at,
             "world_size": result.world_size, "events": result.events,
             "checks": [{"step": c.step, "modes": c.modes, "diversity": c.diversity, "sigmas": c.sigmas,
-                        "spectra": {k: list(v) for k, v in c.spectra.items()}} for c in result.checks],
+                        "spectra": {k: list(v) for k, v in c.spectra.items()},
+                        "condition_numbers": {k: condition_number(v) for k, v in c.spectra.items()}}
+                       for c in result.checks],
             "history": {k: _thin(v) for k, v in result.history.items()}}
 
 
 def write_json(path: pathlib.Path, payload: dict) -> None:
+    """payload as standard JSON: a NaN or infinite float (a diverged run's losses and distances, an infinite
+    condition number) is written as null, since JSON has no such numbers."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, allow_nan=False, default=_jsonable) + "\n")
+    path.write_text(json.dumps(_finite_or_null(payload), indent=1, allow_nan=False, default=_jsonable) + "\n")
+
+
+def _finite_or_null(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _finite_or_null(value.tolist())
+    return value
 
 
 def _jsonable(value: object) -> object:

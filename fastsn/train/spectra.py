@@ -8,6 +8,8 @@ this matrix over its sigma_max: its own sigma_max is 1 and its condition number 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 _LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
@@ -33,7 +35,8 @@ def layer_spectra(model: torch.nn.Module) -> dict[str, tuple[float, float]]:
 
     Returns:
         {qualified module name: (sigma_max, sigma_min)}, sigma_min being the smallest of the min(out, in * kernel)
-        singular values (0 for a rank-deficient matrix: its condition number is infinite).
+        singular values (0 for a rank-deficient matrix: its condition number is infinite); (nan, nan) for a weight
+        with a non-finite value (a diverged D; the SVD would fail).
     """
     result = {}
     for name, module in model.named_modules():
@@ -42,12 +45,17 @@ def layer_spectra(model: torch.nn.Module) -> dict[str, tuple[float, float]]:
         weight = raw_weight(module).detach().double().cpu()
         if isinstance(module, _TRANSPOSED):
             weight = weight.transpose(0, 1)
+        if not weight.isfinite().all():
+            result[name] = (math.nan, math.nan)
+            continue
         values = torch.linalg.svdvals(weight.reshape(weight.shape[0], -1))  # descending
         result[name] = (float(values[0]), float(values[-1]))
     return result
 
 
 def condition_number(spectrum: tuple[float, float]) -> float:
-    """sigma_max / sigma_min of a :func:`layer_spectra` entry (inf when sigma_min is 0)."""
+    """sigma_max / sigma_min of a :func:`layer_spectra` entry (inf when sigma_min is 0, nan for (nan, nan))."""
     high, low = spectrum
-    return high / low if low > 0 else float("inf")
+    if math.isnan(low):
+        return math.nan
+    return high / low if low > 0 else math.inf

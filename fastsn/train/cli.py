@@ -35,9 +35,9 @@ from fastsn.train.monitor import ACTIONS
 from fastsn.train.penalties import PENALTIES
 
 # options that define a run: giving any of them asks for one run instead of the main table
-RUN_OPTIONS = ("data", "sn", "gp", "gp_weight", "mbd", "mbstd", "loss", "n_critic", "lr_g", "lr_d", "lr_decay", "batch_size",
-               "backend", "on_collapse", "monitor_every", "dtype", "unroll", "ttur", "lr_schedule", "n_power_iterations",
-               "strengthen", "pack", "ema", "model")
+RUN_OPTIONS = ("data", "sn", "gp", "gp_weight", "mbd", "mbstd", "loss", "n_critic", "lr_g", "lr_d", "lr_decay",
+               "batch_size", "backend", "on_collapse", "monitor_every", "dtype", "unroll", "ttur", "lr_schedule",
+               "n_power_iterations", "strengthen", "pack", "ema", "model")
 COMPARE_STEPS = 100
 
 

@@ -157,8 +157,8 @@ def sliced_emd(a: torch.Tensor, b: torch.Tensor, directions: int = SLICED_DIRECT
     """The sliced earth mover's distance of two equal-size sets of any dimension.
 
     Args:
-        a, b: (n, ...) samples, flattened per sample to D values; directions: how many unit vectors (random and seeded above
-            2-D, evenly spaced in 2-D).
+        a, b: (n, ...) samples, flattened per sample to D values; directions: how many unit vectors (seeded random
+            ones above 2-D, evenly spaced angles in 2-D).
 
     Returns:
         mean over directions theta of mean_i |sort(a theta)_i - sort(b theta)_i|; NaN when a value is not finite

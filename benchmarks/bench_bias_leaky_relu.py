@@ -1,7 +1,8 @@
 """bias_leaky_relu (bias + leaky ReLU + gain) against its PyTorch formulation, eager and torch.compile.
 
 Cases: forward + backward (x and bias) of a discriminator activation, and the second-order pass a gradient penalty
-makes (the input gradient with its graph, then its gradient with respect to the upstream gradient), on (N, C, H, W) = (64, 128, 32, 32) on a GPU and (16, 64, 32, 32) on a CPU.
+makes (the input gradient with its graph, then its gradient with respect to the upstream gradient), on (N, C, H, W)
+= (64, 128, 32, 32) on a GPU and (16, 64, 32, 32) on a CPU.
 The bytes recorded are the fewest that forward + backward must move: read x, write y, read dy, read y, write dx
 (five passes over the activation).
 """

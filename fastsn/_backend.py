@@ -155,7 +155,8 @@ def unavailable_reason(name: str, op: str, device: Union[torch.device, str]) -> 
         if name == "cuda" and not _extension.cuda_compiled():
             why = (_extension.BUILD or {}).get("cuda_choice", "unknown reason")
             return (f"fastsn._C was built without CUDA kernels ({why}); rebuild with "
-                    "FORCE_CUDA=1 pip install --no-build-isolation -e . (CUDA toolkit and a CUDA build of torch needed)")
+                    "FORCE_CUDA=1 pip install --no-build-isolation -e . "
+                    "(CUDA toolkit and a CUDA build of torch needed)")
         return (f"fastsn._C has no {wanted.upper()} kernel for fastsn::{op}: it was built from older sources; "
                 "rebuild: pip install --no-build-isolation -e .")
     if name == "cuda" and torch.cuda.is_available():

@@ -79,8 +79,9 @@ def arch_mismatch(capability: tuple[int, int], arch_list: Optional[str]) -> Opti
         if (ptx and arch <= capability) or arch == capability or (
                 not specific and arch[0] == capability[0] and arch <= capability):
             return None
-    return (f"fastsn._C holds CUDA code for {arch_list} only, which cannot run on this sm_{capability[0]}{capability[1]} "
-            f"GPU: rebuild with TORCH_CUDA_ARCH_LIST=\"{capability[0]}.{capability[1]}\"")
+    return (f"fastsn._C holds CUDA code for {arch_list} only, which cannot run on this "
+            f"sm_{capability[0]}{capability[1]} GPU: rebuild with "
+            f"TORCH_CUDA_ARCH_LIST=\"{capability[0]}.{capability[1]}\"")
 
 
 @functools.lru_cache(maxsize=None)

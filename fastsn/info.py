@@ -82,7 +82,8 @@ def collect(probe: bool = True) -> dict[str, Any]:
         probe: also run the build_info op with every backend on every visible device.
     """
     build = _extension.BUILD or {}
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if torch.cuda.is_available() else [])
     compiled = [key.lower() for key in ("CPU", "CUDA") if _extension.has_kernel("build_info", key)]
     config: dict[str, Any] = {
         "fastsn": fastsn.__version__,

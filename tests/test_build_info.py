@@ -77,8 +77,8 @@ def test_cuda_version_field_reports_the_build(backend_device):
     assert _fields(build_info(torch.ones(2, device=device), backend=backend))["cuda_version"] == expected
 
 
-@pytest.mark.parametrize("bad", [torch.arange(4), torch.ones(3, dtype=torch.complex64), torch.ones(2, dtype=torch.bool)],
-                         ids=["int64", "complex64", "bool"])
+@pytest.mark.parametrize("bad", [torch.arange(4), torch.ones(3, dtype=torch.complex64),
+                                 torch.ones(2, dtype=torch.bool)], ids=["int64", "complex64", "bool"])
 def test_bad_dtype_names_the_argument(backend_device, bad):
     backend, device = backend_device
     with pytest.raises(RuntimeError, match="argument 'x' must be float16, bfloat16, float32 or float64"):

@@ -48,7 +48,8 @@ def test_kernel_returns_the_reference_gradient(backend_device):
     if backend == "ref":
         pytest.skip("the reference is the comparison")
     grad = torch.randn(6, 40, device=device)
-    op = torch.ops.fastsn.gradient_penalty_head_triton if backend == "triton" else torch.ops.fastsn.gradient_penalty_head
+    ops = torch.ops.fastsn
+    op = ops.gradient_penalty_head_triton if backend == "triton" else ops.gradient_penalty_head
     _backend.resolve(OP, device, backend)
     for mode in (0, 1, 2):
         penalty, d_grad = op(grad, mode, 2.0, 1.0)
@@ -80,7 +81,8 @@ KERNEL_PAIRS = kernel_pairs(OP)
 @pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_opcheck(backend, device):
     _backend.resolve(OP, device, backend)
-    op = torch.ops.fastsn.gradient_penalty_head_triton if backend == "triton" else torch.ops.fastsn.gradient_penalty_head
+    ops = torch.ops.fastsn
+    op = ops.gradient_penalty_head_triton if backend == "triton" else ops.gradient_penalty_head
     torch.library.opcheck(op.default, (torch.randn(3, 5, device=device, requires_grad=True), 0, 2.0, 1.0))
 
 
@@ -89,7 +91,8 @@ def test_opcheck(backend, device):
 def test_registered_autograd_matches_eager_function(backend, device, mode):
     """Eager calls take fastsn's autograd.Function; torch.compile, opcheck and direct torch.ops calls the registered
     autograd. Both give the same penalty and gradients, to second order."""
-    op = torch.ops.fastsn.gradient_penalty_head_triton if backend == "triton" else torch.ops.fastsn.gradient_penalty_head
+    ops = torch.ops.fastsn
+    op = ops.gradient_penalty_head_triton if backend == "triton" else ops.gradient_penalty_head
     grad = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
     weights = torch.randn(4, 6, dtype=torch.float64, device=device)
     results = []
@@ -164,7 +167,8 @@ def test_mode_must_be_an_int(backend_device, mode):
 @pytest.mark.parametrize("backend, device", KERNEL_PAIRS, ids=[f"{b}-{d}" for b, d in KERNEL_PAIRS])
 def test_kernels_check_their_arguments(backend, device):
     _backend.resolve(OP, device, backend)
-    op = torch.ops.fastsn.gradient_penalty_head_triton if backend == "triton" else torch.ops.fastsn.gradient_penalty_head
+    ops = torch.ops.fastsn
+    op = ops.gradient_penalty_head_triton if backend == "triton" else ops.gradient_penalty_head
     with pytest.raises(RuntimeError, match="argument 'grad' must be 2-D"):
         op(torch.randn(3, device=device), 0, 1.0, 1.0)
     with pytest.raises(RuntimeError, match="argument 'mode' must be 0, 1 or 2"):

@@ -458,7 +458,8 @@ def test_convert_spectral_norm_matches_the_unconverted_model(backend_device):
     ours = fastsn.convert_spectral_norm(copy.deepcopy(reference))
     assert ours.state_dict().keys() == reference.state_dict().keys()
     assert isinstance(ours[0].parametrizations.weight[0], fnu.parametrizations._SpectralNorm)
-    assert isinstance(ours[2]._forward_pre_hooks[next(iter(ours[2]._forward_pre_hooks))], fnu.spectral_norm.__globals__["SpectralNorm"])
+    hook = ours[2]._forward_pre_hooks[next(iter(ours[2]._forward_pre_hooks))]
+    assert isinstance(hook, fnu.spectral_norm.__globals__["SpectralNorm"])
     opt_ref = torch.optim.SGD(reference.parameters(), lr=0.05)
     opt_ours = torch.optim.SGD(ours.parameters(), lr=0.05)
     with fastsn.use_backend(backend):

@@ -1,6 +1,7 @@
 """fastsn-train under DistributedDataParallel with 2 CPU processes (gloo): D's gradients with the gradient penalty
 and spectral norm equal those of one process on the whole batch, every rank ends with the same weights and u, v
-(also with unrolled G steps, and after collapse events that strengthen the regularization), and ``torchrun --nproc_per_node=2 -m fastsn.train`` runs end to end."""
+(also with unrolled G steps, and after collapse events that strengthen the regularization), and
+``torchrun --nproc_per_node=2 -m fastsn.train`` runs end to end."""
 from __future__ import annotations
 
 import json

@@ -44,4 +44,5 @@ class FusedLeakyReLU(torch.nn.Module):
         return bias_leaky_relu(x, bias, self.negative_slope, self.scale, dim=1)
 
     def extra_repr(self) -> str:
-        return f"{self.channels}, negative_slope={self.negative_slope}, scale={self.scale:g}, bias={self.bias is not None}"
+        return (f"{self.channels}, negative_slope={self.negative_slope}, scale={self.scale:g}, "
+                f"bias={self.bias is not None}")

@@ -388,7 +388,8 @@ def spectral_norm_grouped_power_iteration(weights: list[torch.Tensor], us: list[
                                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Power iteration of many weights at once (one device and dtype): in place on every u and v.
 
-    Args and Returns: as :func:`spectral_norm_grouped_power_iteration_ref`; ``backend`` as :func:`fastsn.ops.build_info`.
+    Args and Returns: as :func:`spectral_norm_grouped_power_iteration_ref`; ``backend`` as
+    :func:`fastsn.ops.build_info`.
     """
     if not weights:  # (no tensor for the dispatcher to route by: the kernels' own check cannot run)
         raise RuntimeError(f"{OP}_grouped_power_iteration(): argument 'weights' must not be empty")

@@ -32,8 +32,9 @@ class TrainConfig:
 
     Attributes:
         data, sn, gp, gp_weight, mbd, mbstd, loss, n_critic, lr_g, lr_d, lr_decay, steps, batch_size, device, seed,
-        backend, on_collapse, unroll, ttur, lr_schedule, n_power_iterations, strengthen, pack, ema, model: as the CLI options
-        of the same names (lr_g, lr_d: None for the default, or --ttur's preset; strengthen: comma-separated policies).
+        backend, on_collapse, unroll, ttur, lr_schedule, n_power_iterations, strengthen, pack, ema, model: as the CLI
+        options of the same names (lr_g, lr_d: None for the default, or --ttur's preset; strengthen: comma-separated
+        policies).
         monitor_every: steps between collapse-monitor checks (0: steps // 20, at least 1).
         dtype: "float32" or "float64" (weights, data and latents).
         cache_dir: where the digit classifier is cached (None: the default cache).

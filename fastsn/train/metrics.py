@@ -14,9 +14,9 @@ over every sample (26,000 in the report; no quality filter: the classifier label
 figures for as many real samples (the floor that finite sampling and classifier errors leave).
 
 Precision, recall, density, coverage (Naeem et al. 2020, k = 5) on features (the 2-D coordinates, or the digit
-classifier's penultimate layer, 3 x 64 values), real R_1..R_n, fake F_1..F_m, r(R_i) the distance from R_i to its k-th nearest other real,
-r(F_j) likewise among fakes; the balls are open (strict <, as the paper and its authors' code), so a fake set equal
-to the real one scores 1 on all four:
+classifier's penultimate layer, 3 x 64 values), real R_1..R_n, fake F_1..F_m, r(R_i) the distance from R_i to its
+k-th nearest other real, r(F_j) likewise among fakes; the balls are open (strict <, as the paper and its authors'
+code), so a fake set equal to the real one scores 1 on all four:
     precision = 1/m sum_j [exists i: |F_j - R_i| < r(R_i)]
     recall    = 1/n sum_i [exists j: |R_i - F_j| < r(F_j)]
     density   = 1/(k m) sum_j #{i: |F_j - R_i| < r(R_i)}

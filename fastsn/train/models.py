@@ -119,8 +119,8 @@ class _Parts:
         else:
             layer = twins.NaiveMinibatchDiscrimination(features, MBD_KERNELS, MBD_KERNEL_DIMS, mean=True)
         # mean=True: o in [0, 1] whatever the batch (summed, a collapsed batch gives o = N - 1 = 255 and D's first
-        # loss was 39, saturating D at once). N(0, 1) (torchgan's init) makes |M_i - M_j|_1 ~ sqrt(F) C, so every exp(-.) underflows and the layer has
-        # no gradient: scale T so that M = x @ T has entries of x's size
+        # loss was 39, saturating D at once). N(0, 1) (torchgan's init) makes |M_i - M_j|_1 ~ sqrt(F) C, so every
+        # exp(-.) underflows and the layer has no gradient: scale T so that M = x @ T has entries of x's size
         with torch.no_grad():
             layer.T.mul_(1.0 / math.sqrt(features))
         return layer if self.options.mbd else SwitchableFeatures(layer, features)

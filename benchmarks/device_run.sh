@@ -136,7 +136,7 @@ if [ "$gpu" = 1 ]; then
     stage "compute-sanitizer memcheck" 45 sanitizer.log \
       compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 \
       "${pytest[@]}" -x tests/test_spectral_norm.py tests/test_bias_leaky_relu.py tests/test_gradient_penalty_head.py \
-      tests/test_minibatch_l1_similarity.py tests/test_minibatch_stddev.py \
+      tests/test_minibatch_l1_similarity.py tests/test_minibatch_stddev.py tests/test_mlp_input_gradient.py \
       -k "cuda-cuda and float32 and not gradcheck and not opcheck"
     stage "compute-sanitizer racecheck" 45 sanitizer.log \
       compute-sanitizer --tool racecheck --error-exitcode 1 --print-limit 20 \

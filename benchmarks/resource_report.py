@@ -120,7 +120,32 @@ def _load_kernels():
     from fastsn.triton_kernels import bias_leaky_relu as blr_mod, build_info as bi_mod
     from fastsn.triton_kernels import gradient_penalty as gp_mod, interpolate as ip_mod, spectral_norm as sn_mod
     from fastsn.triton_kernels import minibatch_l1_similarity as ml_mod, minibatch_stddev as msd_mod
-    return [bi_mod, sn_mod, blr_mod, gp_mod, ip_mod, ml_mod, msd_mod]
+    from fastsn.triton_kernels import mlp_input_gradient as mig_mod
+    return [bi_mod, sn_mod, blr_mod, gp_mod, ip_mod, ml_mod, msd_mod, mig_mod]
+
+
+def _capture_mlp_input_gradient(mig_mod: Any, dtype: torch.dtype) -> None:
+    """The mlp_input_gradient launches: one layer (the broadcast without a mask, the column sum of grad) and three
+    layers (bias + activation with and without a bias and with and without storing h, the first delta, the mask
+    epilogue with and without the half-precision copy, plain products, the column sum), each with 16-wide tiles
+    (a few samples, narrow layers), full tiles, and sizes divisible by 16 (the usual shapes: aligned vector
+    accesses); full tiles again with int64 offsets (WIDE: a tensor past 2^31 elements, as _span tells)."""
+    span = mig_mod._span
+    try:
+        for batch, sizes, wide in ((3, (5, 5, 5), False), (70, (40, 70, 70), False), (64, (32, 64, 64), False),
+                                   (70, (40, 70, 70), True)):
+            mig_mod._span = (lambda t: 2**31) if wide else span
+            x, grad = torch.zeros(batch, sizes[0], dtype=dtype), torch.zeros(batch, sizes[0], dtype=dtype)
+            w = torch.zeros(1, sizes[0], dtype=dtype)
+            mig_mod.mlp_input_gradient_triton(x, [w], [], [], [])
+            mig_mod.mlp_input_gradient_backward_triton(grad, [w], [], [], [], [])
+            weights = [torch.zeros(sizes[l + 1], sizes[l], dtype=dtype) for l in range(2)] + \
+                [torch.zeros(1, sizes[2], dtype=dtype)]
+            for biases in ([None, None], [torch.zeros(sizes[1], dtype=dtype), torch.zeros(sizes[2], dtype=dtype)]):
+                _, deltas, positive = mig_mod.mlp_input_gradient_triton(x, weights, biases, [0.2, 0.2], [1.0, 1.0])
+            mig_mod.mlp_input_gradient_backward_triton(grad, weights, deltas, positive, [0.2, 0.2], [1.0, 1.0])
+    finally:
+        mig_mod._span = span
 
 
 def capture(quick: bool = False) -> dict:
@@ -137,7 +162,7 @@ def capture(quick: bool = False) -> dict:
                 saved.append((module, name, obj))
                 setattr(module, name, _Recorder(_jit_function(obj), launches))
     try:
-        bi_mod, sn_mod, blr_mod, gp_mod, ip_mod, ml_mod, msd_mod = modules
+        bi_mod, sn_mod, blr_mod, gp_mod, ip_mod, ml_mod, msd_mod, mig_mod = modules
         for dtype in DTYPES:
             bi_mod.build_info_triton(torch.zeros(8, dtype=dtype))
             x = torch.zeros(2, 3, 4, dtype=dtype)
@@ -166,6 +191,7 @@ def capture(quick: bool = False) -> dict:
             x = torch.zeros(4, 4, 2, 2, dtype=dtype)
             msd_mod.minibatch_stddev_triton(x, 2, 1)
             msd_mod.minibatch_stddev_backward_triton(torch.zeros(4, 5, 2, 2, dtype=dtype), x, 2, 1)
+            _capture_mlp_input_gradient(mig_mod, dtype)
         for (shape, dim), dtype in itertools.product(_sweep_shapes(quick), DTYPES):
             weight = torch.empty(shape, dtype=dtype)
             h = shape[dim]

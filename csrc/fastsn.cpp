@@ -106,4 +106,21 @@ TORCH_LIBRARY(fastsn, m) {
   FASTSN_INTERPOLATE_SCHEMAS("")
   FASTSN_INTERPOLATE_SCHEMAS("_triton")
 #undef FASTSN_INTERPOLATE_SCHEMAS
+
+  // Input gradient of a leaky-ReLU MLP's score (fastsn/ops/mlp_input_gradient.py; shapes in
+  // common/mlp_input_gradient.h): g = d sum_i D(x_i) / dx with D = W_{L-1} a(... a(W_0 x + b_0) ...), a_l = gain_l *
+  // leaky_relu(., negative_slope_l), plus for the backward each hidden layer's masked delta and sign mask. The
+  // backward is an op, dW_l from grad (B, H_0): what a gradient penalty's second backward through such a D needs,
+  // without the pass of zeros through every layer that autograd's double backward makes. The backward's own
+  // gradient is a differentiable PyTorch formula (registered from Python).
+#define FASTSN_MLP_INPUT_GRADIENT_SCHEMAS(SUFFIX)                                                              \
+  m.def("mlp_input_gradient" SUFFIX "(Tensor x, Tensor[] weights, Tensor?[] biases, float[] negative_slopes,"   \
+        " float[] gains) -> (Tensor input_grad, Tensor[] deltas, Tensor[] positive)",                         \
+        {at::Tag::pt2_compliant_tag});                                                                        \
+  m.def("mlp_input_gradient_backward" SUFFIX "(Tensor grad, Tensor[] weights, Tensor[] deltas,"                \
+        " Tensor[] positive, float[] negative_slopes, float[] gains) -> Tensor[]",                             \
+        {at::Tag::pt2_compliant_tag});
+  FASTSN_MLP_INPUT_GRADIENT_SCHEMAS("")
+  FASTSN_MLP_INPUT_GRADIENT_SCHEMAS("_triton")
+#undef FASTSN_MLP_INPUT_GRADIENT_SCHEMAS
 }

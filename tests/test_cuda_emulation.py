@@ -25,6 +25,7 @@ OP_TESTS = {
     "interpolate": ["tests/test_interpolate.py"],
     "minibatch_l1_similarity": ["tests/test_minibatch_l1_similarity.py"],
     "minibatch_stddev": ["tests/test_minibatch_stddev.py"],
+    "mlp_input_gradient": ["tests/test_mlp_input_gradient.py"],
 }
 
 

@@ -25,10 +25,12 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from fastsn.nn._leaky_mlp import leaky_mlp
 from fastsn.nn.minibatch_discrimination import MinibatchDiscrimination
 from fastsn.nn.minibatch_stddev import MinibatchStdDev
 from fastsn.ops.gradient_penalty import MODES, gradient_penalty_head
 from fastsn.ops.interpolate import draw_eps, interpolate
+from fastsn.ops.mlp_input_gradient import mlp_input_gradient
 
 KINDS = ("wgan-gp", "wgan-lp", "r1", "r2", "dragan")
 CONVENTIONS = ("stylegan2", "mescheder")
@@ -191,8 +193,13 @@ def gradient_penalty(discriminator: torch.nn.Module, real: Optional[torch.Tensor
                            "torch.inference_mode())")
     if len(kinds) > 1:
         _warn_if_samples_mix(discriminator)
-    x = penalty_inputs(kinds, real, fake, generator).requires_grad_(True)
-    grad = _input_gradients(_scores(discriminator, x), x, scaler)
+    x = penalty_inputs(kinds, real, fake, generator)
+    mlp = leaky_mlp(discriminator, x) if scaler is None or not scaler.is_enabled() else None
+    if mlp is not None:  # a leaky-ReLU MLP: its input gradient and that gradient's backward as one fused op
+        grad = mlp_input_gradient(x, mlp.weights, mlp.biases, mlp.negative_slopes, mlp.gains)
+    else:
+        x.requires_grad_(True)
+        grad = _input_gradients(_scores(discriminator, x), x, scaler)
     if len(kinds) == 1:
         return penalty_from_gradients(grad, kinds[0], weight, center, convention)
     batch = real.shape[0]

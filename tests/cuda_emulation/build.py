@@ -13,7 +13,7 @@ import torch.utils.cpp_extension
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # the emulated .cu files, by op (csrc/cuda/<op>_cuda.cu); build_info is not: it reports which kernel ran
 OPS = ("spectral_norm", "bias_leaky_relu", "gradient_penalty", "interpolate", "minibatch_l1_similarity",
-       "minibatch_stddev")
+       "minibatch_stddev", "mlp_input_gradient")
 
 
 def load(build_directory: str | None = None) -> str:

@@ -12,6 +12,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -22,6 +25,22 @@ namespace fastsn {
 namespace {
 
 constexpr int64_t kGrainSize = 32768;  // elements per task: below this, threading costs more than it saves
+
+// m = p ? up : down as an integer select between the two bit patterns: GCC compiles `p ? up : down` on a mask
+// loaded from memory as a branch, which mispredicts on random signs (a pass over 512 x 128 took 40 us, not 10), and
+// vectorizes the select only from bytes read as uint8_t, not as bool
+template <typename acc_t>
+FASTSN_ALWAYS_INLINE acc_t pick(uint8_t p, acc_t up, acc_t down) {
+  using bits_t = std::conditional_t<sizeof(acc_t) == 4, uint32_t, uint64_t>;
+  bits_t u, d;
+  std::memcpy(&u, &up, sizeof(u));
+  std::memcpy(&d, &down, sizeof(d));
+  const bits_t select = bits_t(0) - static_cast<bits_t>(p);  // all ones where p
+  const bits_t r = (u & select) | (d & ~select);
+  acc_t out;
+  std::memcpy(&out, &r, sizeof(out));
+  return out;
+}
 
 // The activation's derivative factors, where z > 0 and elsewhere (the slope at 0, as torch's leaky_relu)
 template <typename acc_t>
@@ -40,33 +59,145 @@ FASTSN_SIMD_CLONES void activate_rows(acc_t* __restrict__ z, const acc_t* __rest
       const acc_t v = z[r * features + c] + (bias ? bias[c] : acc_t(0));
       const bool p = v > acc_t(0);
       positive[r * features + c] = p;
-      z[r * features + c] = v * (p ? up : down);
+      z[r * features + c] = v * pick(p, up, down);
     }
   }
 }
 
 // t[k] *= positive[k] ? up : down
 template <typename acc_t>
-FASTSN_SIMD_CLONES void mask_run(acc_t* __restrict__ t, const bool* __restrict__ positive, acc_t up, acc_t down,
+FASTSN_SIMD_CLONES void mask_run(acc_t* __restrict__ t, const uint8_t* __restrict__ positive, acc_t up, acc_t down,
                                  int64_t n) {
-  for (int64_t k = 0; k < n; ++k) t[k] *= positive[k] ? up : down;
+  for (int64_t k = 0; k < n; ++k) t[k] *= pick(positive[k], up, down);
 }
 
 // delta[r, c] = w[c] * (positive[r, c] ? up : down): the first backward step, from the last layer's row w (H)
 template <typename acc_t>
-FASTSN_SIMD_CLONES void broadcast_mask_rows(const acc_t* __restrict__ w, const bool* __restrict__ positive, acc_t up,
+FASTSN_SIMD_CLONES void broadcast_mask_rows(const acc_t* __restrict__ w, const uint8_t* __restrict__ positive, acc_t up,
                                             acc_t down, acc_t* __restrict__ delta, int64_t rows, int64_t features) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < features; ++c) {
-      delta[r * features + c] = w[c] * (positive[r * features + c] ? up : down);
+      delta[r * features + c] = w[c] * pick(positive[r * features + c], up, down);
     }
   }
+}
+
+// Products with a narrow side (an input layer of a few features, e.g. 2-D toy data): BLAS spends 50-60 us on a
+// 512 x 128 x 2 product (2 threads), a plain vectorized loop about a tenth of that.
+constexpr int64_t kNarrow = 8;
+
+// out (M, N) = a (M, K) @ bt (K, N), K <= kNarrow, all contiguous: rows of out as sums of K scaled rows of bt
+template <typename acc_t>
+FASTSN_SIMD_CLONES void narrow_inner_rows(const acc_t* __restrict__ a, const acc_t* __restrict__ bt, acc_t* __restrict__ out,
+                                          int64_t rows, int64_t inner, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    acc_t* o = out + r * cols;
+    for (int64_t c = 0; c < cols; ++c) o[c] = a[r * inner] * bt[c];
+    for (int64_t k = 1; k < inner; ++k) {
+      const acc_t f = a[r * inner + k];
+      const acc_t* b = bt + k * cols;
+      for (int64_t c = 0; c < cols; ++c) o[c] += f * b[c];
+    }
+  }
+}
+
+// out (M, N) = a (M, H) @ b (H, N), N <= kNarrow, given bt = b^T (N, H) contiguous: dot products of rows
+template <typename acc_t>
+FASTSN_SIMD_CLONES void narrow_outer_rows(const acc_t* __restrict__ a, const acc_t* __restrict__ bt, acc_t* __restrict__ out,
+                                          int64_t rows, int64_t inner, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < cols; ++j) {
+      acc_t lanes[kLanes] = {};
+      const acc_t* x = a + r * inner;
+      const acc_t* y = bt + j * inner;
+      int64_t h = 0;
+      for (; h + kLanes <= inner; h += kLanes)
+        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += x[h + l] * y[h + l];
+      acc_t sum = 0;
+      for (; h < inner; ++h) sum += x[h] * y[h];
+      for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
+      out[r * cols + j] = sum;
+    }
+  }
+}
+
+// outt (N, H) = (a^T (H, B) @ b (B, N))^T, N <= kNarrow, for columns [h0, h1) of a (B, H): per row of the batch, N
+// scaled copies of a's row added to outt's rows
+template <typename acc_t>
+FASTSN_SIMD_CLONES void narrow_batch_sums(const acc_t* __restrict__ a, const acc_t* __restrict__ b, acc_t* __restrict__ outt,
+                                          int64_t batch, int64_t features, int64_t cols, int64_t h0, int64_t h1) {
+  for (int64_t j = 0; j < cols; ++j)
+    for (int64_t h = h0; h < h1; ++h) outt[j * features + h] = 0;
+  for (int64_t r = 0; r < batch; ++r) {
+    const acc_t* x = a + r * features;
+    for (int64_t j = 0; j < cols; ++j) {
+      const acc_t f = b[r * cols + j];
+      acc_t* o = outt + j * features;
+      for (int64_t h = h0; h < h1; ++h) o[h] += f * x[h];
+    }
+  }
+}
+
+// a (M, K) @ w^T for w (N, K): through BLAS, or by rows when K is narrow (the input layer)
+at::Tensor times_transposed(const at::Tensor& a, const at::Tensor& w) {
+  const int64_t inner = w.size(1);
+  if (inner > kNarrow) return at::mm(a, w.t());
+  const at::Tensor ac = a.contiguous(), wt = w.t().contiguous();  // (K, N)
+  at::Tensor out = at::empty({a.size(0), w.size(0)}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "times_transposed", [&] {
+    const int64_t cols = out.size(1);
+    const scalar_t* pa = ac.const_data_ptr<scalar_t>();
+    const scalar_t* pw = wt.const_data_ptr<scalar_t>();
+    scalar_t* po = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, a.size(0), std::max<int64_t>(1, kGrainSize / std::max<int64_t>(cols * inner, 1)),
+                     [&](int64_t begin, int64_t end) {
+      narrow_inner_rows<scalar_t>(pa + begin * inner, pw, po + begin * cols, end - begin, inner, cols);
+    });
+  });
+  return out;
+}
+
+// d (B, H) @ w for w (H, K): through BLAS, or dot products of rows when K is narrow
+at::Tensor times(const at::Tensor& d, const at::Tensor& w) {
+  const int64_t cols = w.size(1), inner = w.size(0);
+  if (cols > kNarrow) return at::mm(d, w);
+  const at::Tensor dc = d.contiguous(), wt = w.t().contiguous();  // (K, H)
+  at::Tensor out = at::empty({d.size(0), cols}, d.options());
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "times", [&] {
+    const scalar_t* pd = dc.const_data_ptr<scalar_t>();
+    const scalar_t* pw = wt.const_data_ptr<scalar_t>();
+    scalar_t* po = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, d.size(0), std::max<int64_t>(1, kGrainSize / std::max<int64_t>(cols * inner, 1)),
+                     [&](int64_t begin, int64_t end) {
+      narrow_outer_rows<scalar_t>(pd + begin * inner, pw, po + begin * cols, end - begin, inner, cols);
+    });
+  });
+  return out;
+}
+
+// delta^T (H, B) @ a (B, K): through BLAS, or as batch sums split over H when K is narrow
+at::Tensor transposed_times(const at::Tensor& delta, const at::Tensor& a) {
+  const int64_t cols = a.size(1), features = delta.size(1), batch = delta.size(0);
+  if (cols > kNarrow) return at::mm(delta.t(), a);
+  const at::Tensor dc = delta.contiguous(), ac = a.contiguous();
+  at::Tensor outt = at::empty({cols, features}, a.options());  // (K, H)
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "transposed_times", [&] {
+    const scalar_t* pd = dc.const_data_ptr<scalar_t>();
+    const scalar_t* pa = ac.const_data_ptr<scalar_t>();
+    scalar_t* po = outt.mutable_data_ptr<scalar_t>();
+    // columns of 64 per task at least (a cache line's worth of each row, and threads that do not share lines)
+    at::parallel_for(0, features, std::max<int64_t>(64, kGrainSize / std::max<int64_t>(batch * cols, 1)),
+                     [&](int64_t begin, int64_t end) {
+      narrow_batch_sums<scalar_t>(pd, pa, po, batch, features, cols, begin, end);
+    });
+  });
+  return outt.t().contiguous();
 }
 
 template <typename acc_t>
 void mask_in_place(at::Tensor& t, const at::Tensor& positive, const MaskFactors<acc_t>& m) {
   acc_t* pt = t.mutable_data_ptr<acc_t>();
-  const bool* pp = positive.const_data_ptr<bool>();
+  const uint8_t* pp = reinterpret_cast<const uint8_t*>(positive.const_data_ptr<bool>());
   at::parallel_for(0, t.numel(), kGrainSize, [&](int64_t begin, int64_t end) {
     mask_run<acc_t>(pt + begin, pp + begin, m.up, m.down, end - begin);
   });
@@ -94,7 +225,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_inp
     // h_{l+1} = z_l * m_l in place of z_l
     at::Tensor h = x.to(acc);
     for (int64_t l = 0; l < hidden; ++l) {
-      at::Tensor z = at::mm(h, weights[l].to(acc).t());
+      at::Tensor z = times_transposed(h, weights[l].to(acc));
       const c10::optional<at::Tensor> b = biases.get(l);
       const at::Tensor bc = b.has_value() ? b->to(acc).contiguous() : at::Tensor();
       positive[l] = at::empty(z.sizes(), x.options().dtype(at::kBool));
@@ -122,7 +253,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_inp
         delta = at::empty(positive[l].sizes(), x.options().dtype(acc));
         const int64_t features = delta.size(1);
         const acc_t* pw = last.const_data_ptr<acc_t>();
-        const bool* pp = positive[l].const_data_ptr<bool>();
+        const uint8_t* pp = reinterpret_cast<const uint8_t*>(positive[l].const_data_ptr<bool>());
         acc_t* pd = delta.mutable_data_ptr<acc_t>();
         for_rows(batch, features, [&](int64_t begin, int64_t end) {
           broadcast_mask_rows<acc_t>(pw, pp + begin * features, m.up, m.down, pd + begin * features, end - begin,
@@ -133,7 +264,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_inp
         mask_in_place<acc_t>(delta, positive[l], m);
       }
       deltas[l] = delta.to(dtype);
-      d = at::mm(delta, weights[l].to(acc));
+      d = times(delta, weights[l].to(acc));
     }
     g = d.to(dtype);
   });
@@ -155,8 +286,8 @@ std::vector<at::Tensor> mlp_input_gradient_backward_cpu(const at::Tensor& grad, 
     // a_0 = G; dW_l = delta_l^T a_l (H_{l+1}, H_l); a_{l+1} = (a_l W_l^T) * m_l (B, H_{l+1})
     at::Tensor a = grad.to(acc);
     for (int64_t l = 0; l < hidden; ++l) {
-      dws[l] = at::mm(deltas[l].to(acc).t(), a).to(dtype);
-      a = at::mm(a, weights[l].to(acc).t());
+      dws[l] = transposed_times(deltas[l].to(acc), a).to(dtype);
+      a = times_transposed(a, weights[l].to(acc));
       mask_in_place<acc_t>(a, positive[l].contiguous(), MaskFactors<acc_t>(negative_slopes[l], gains[l]));
     }
     dws[hidden] = at::sum(a, {0}, /*keepdim=*/true).to(dtype);  // dW_{L-1} = 1^T a_{L-1} (1, H_{L-1})

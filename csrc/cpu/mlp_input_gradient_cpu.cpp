@@ -1,6 +1,7 @@
-// fastsn::mlp_input_gradient and its backward, C++ CPU kernels: the products through at::mm (BLAS), each followed by
-// one fused pass over its (B, H) result (bias + activation + sign mask; mask multiply), in opmath (float for
-// float16/bfloat16: the whole chain computes in float, rounded once where an output is stored).
+// fastsn::mlp_input_gradient and its backward, C++ CPU kernels: the products through at::mm (BLAS), or vectorized
+// loops where one side is narrow (the input layer of low-dimensional data), each followed by one fused pass over its
+// (B, H) result (bias + activation + sign mask; mask multiply), in opmath (float for float16/bfloat16: the whole
+// chain computes in float, rounded once where an output is stored).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -88,8 +89,8 @@ constexpr int64_t kNarrow = 8;
 
 // out (M, N) = a (M, K) @ bt (K, N), K <= kNarrow, all contiguous: rows of out as sums of K scaled rows of bt
 template <typename acc_t>
-FASTSN_SIMD_CLONES void narrow_inner_rows(const acc_t* __restrict__ a, const acc_t* __restrict__ bt, acc_t* __restrict__ out,
-                                          int64_t rows, int64_t inner, int64_t cols) {
+FASTSN_SIMD_CLONES void narrow_inner_rows(const acc_t* __restrict__ a, const acc_t* __restrict__ bt,
+                                          acc_t* __restrict__ out, int64_t rows, int64_t inner, int64_t cols) {
   for (int64_t r = 0; r < rows; ++r) {
     acc_t* o = out + r * cols;
     for (int64_t c = 0; c < cols; ++c) o[c] = a[r * inner] * bt[c];
@@ -103,8 +104,8 @@ FASTSN_SIMD_CLONES void narrow_inner_rows(const acc_t* __restrict__ a, const acc
 
 // out (M, N) = a (M, H) @ b (H, N), N <= kNarrow, given bt = b^T (N, H) contiguous: dot products of rows
 template <typename acc_t>
-FASTSN_SIMD_CLONES void narrow_outer_rows(const acc_t* __restrict__ a, const acc_t* __restrict__ bt, acc_t* __restrict__ out,
-                                          int64_t rows, int64_t inner, int64_t cols) {
+FASTSN_SIMD_CLONES void narrow_outer_rows(const acc_t* __restrict__ a, const acc_t* __restrict__ bt,
+                                          acc_t* __restrict__ out, int64_t rows, int64_t inner, int64_t cols) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = 0; j < cols; ++j) {
       acc_t lanes[kLanes] = {};
@@ -124,8 +125,9 @@ FASTSN_SIMD_CLONES void narrow_outer_rows(const acc_t* __restrict__ a, const acc
 // outt (N, H) = (a^T (H, B) @ b (B, N))^T, N <= kNarrow, for columns [h0, h1) of a (B, H): per row of the batch, N
 // scaled copies of a's row added to outt's rows
 template <typename acc_t>
-FASTSN_SIMD_CLONES void narrow_batch_sums(const acc_t* __restrict__ a, const acc_t* __restrict__ b, acc_t* __restrict__ outt,
-                                          int64_t batch, int64_t features, int64_t cols, int64_t h0, int64_t h1) {
+FASTSN_SIMD_CLONES void narrow_batch_sums(const acc_t* __restrict__ a, const acc_t* __restrict__ b,
+                                          acc_t* __restrict__ outt, int64_t batch, int64_t features, int64_t cols,
+                                          int64_t h0, int64_t h1) {
   for (int64_t j = 0; j < cols; ++j)
     for (int64_t h = h0; h < h1; ++h) outt[j * features + h] = 0;
   for (int64_t r = 0; r < batch; ++r) {

@@ -222,10 +222,11 @@ def mlp_input_gradient_backward_backward(grad: torch.Tensor, weights: Sequence[t
     """The gradient of S = sum_l <C_l, dW_l> (dW_l: the backward of ``grad``, C_l: ``cotangents``, None for zero)
     for grad and the weights, the masks held constant; PyTorch ops (float32 for float16/bfloat16), differentiable.
 
-    With a_l and delta_l of the module docstring, <C_l, delta_l^T a_l> = <delta_l C_l, a_l> = <a_l C_l^T, delta_l>:
-    the a chain runs back from a_{L-1} (its bar: 1 C_{L-1} + (abar_{l+1} * m_l) W_l + delta_l C_l), the delta chain
-    forward from delta_0 (its bar: a_l C_l^T + dbar_{l+1}... with dbar_{l+1} = deltabar_l * m_l), and each weight
-    collects a term from both.
+    With a_l and delta_l of the module docstring, <C_l, delta_l^T a_l> = <delta_l C_l, a_l> = <a_l C_l^T, delta_l>.
+    Back through the a chain, from abar_{L-1} = 1 C_{L-1}: abar_l = delta_l C_l + (abar_{l+1} * m_l) W_l, and W_l
+    gets (abar_{l+1} * m_l)^T a_l; dgrad = abar_0. Forward through the delta chain, from deltabar_0 = a_0 C_0^T: the
+    gradient of d_{l+1} is dbar_{l+1} = deltabar_l * m_l, W_{l+1} gets delta_{l+1}^T dbar_{l+1}, deltabar_{l+1} =
+    a_{l+1} C_{l+1}^T + dbar_{l+1} W_{l+1}^T; d_{L-1} = 1 w_{L-1} gives W_{L-1} the column sums of dbar_{L-1}.
 
     Returns:
         (dgrad (B, H_0), [dW_l]) in grad's dtype.

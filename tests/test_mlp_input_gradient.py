@@ -376,15 +376,17 @@ def test_penalty_takes_the_fused_op_for_an_mlp(activation, kind, fused_calls):
     _penalty_parity(_mlp(ACTIVATIONS[activation]), kind, fused_calls, fused_expected=True)
 
 
-@pytest.mark.parametrize("variant", ["no-bias", "flatten", "one-layer", "float64", "torch-sn", "fastsn-sn"])
+@pytest.mark.parametrize("variant", ["no-bias", "flatten", "one-layer", "float64", "torch-sn", "fastsn-sn",
+                                     "torch-legacy-sn", "fastsn-legacy-sn"])
 def test_penalty_fused_variants(variant, fused_calls):
     torch.manual_seed(0)
     dtype = torch.float64 if variant == "float64" else torch.float32
     d = _mlp(ACTIVATIONS["fused_leaky_relu"], bias=variant != "no-bias", flatten=variant == "flatten")
     if variant == "one-layer":
         d = torch.nn.Sequential(torch.nn.Linear(2, 1))
-    if variant in ("torch-sn", "fastsn-sn"):
-        sn = torch.nn.utils.parametrizations.spectral_norm if variant == "torch-sn" else fastsn.spectral_norm
+    if variant.endswith("-sn"):
+        sn = {"torch-sn": torch.nn.utils.parametrizations.spectral_norm, "fastsn-sn": fastsn.spectral_norm,
+              "torch-legacy-sn": torch.nn.utils.spectral_norm, "fastsn-legacy-sn": fastsn.nn.utils.spectral_norm}[variant]
         d = _mlp(ACTIVATIONS["leaky_relu"])
         for k in (0, 2, 4):
             sn(d[k])
@@ -392,22 +394,31 @@ def test_penalty_fused_variants(variant, fused_calls):
     _penalty_parity(d.to(dtype), "wgan-gp", fused_calls, fused_expected=True, dtype=dtype)
 
 
-def test_penalty_reads_a_parametrized_weight_once_as_a_forward(fused_calls):
+@pytest.mark.parametrize("api", ["parametrization", "legacy-hook"])
+def test_penalty_reads_a_spectral_norm_weight_once_as_a_forward(api, fused_calls):
     """A spectral-norm Linear in training mode: one power iteration per penalty, as D's forward makes."""
     torch.manual_seed(0)
     d = _mlp(ACTIVATIONS["leaky_relu"])
-    fastsn.spectral_norm(d[2])
+    (fastsn.spectral_norm if api == "parametrization" else fastsn.nn.utils.spectral_norm)(d[2])
     twin = copy.deepcopy(d)
+    u = (lambda m: m.parametrizations.weight[0]._u) if api == "parametrization" else (lambda m: m.weight_u)
+    before = u(d[2]).clone()
     real, fake = torch.randn(8, 2), torch.randn(8, 2)
     fastsn.gradient_penalty(d, real, fake)
     twin(real)
     assert len(fused_calls) == 1
-    torch.testing.assert_close(d[2].parametrizations.weight[0]._u, twin[2].parametrizations.weight[0]._u)
+    assert not torch.equal(u(d[2]), before)
+    torch.testing.assert_close(u(d[2]), u(twin[2]))
 
 
 def _with_hook(d):
     d[2].register_forward_hook(lambda module, args, out: None)
     return d
+
+
+def _with_pre_hook(layer):
+    layer.register_forward_pre_hook(lambda module, args: None)
+    return layer
 
 
 class _SequentialSubclass(torch.nn.Sequential):
@@ -421,8 +432,8 @@ GENERIC = {  # discriminators (and inputs) that must take the generic path
                                             torch.nn.Linear(8, 1)), torch.float32),
     "tanh": lambda: (torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)),
                      torch.float32),
-    "legacy-sn": lambda: (torch.nn.Sequential(torch.nn.utils.spectral_norm(torch.nn.Linear(2, 8)),
-                                              torch.nn.LeakyReLU(0.2), torch.nn.Linear(8, 1)).eval(), torch.float32),
+    "legacy-sn-and-a-hook": lambda: (torch.nn.Sequential(_with_pre_hook(torch.nn.utils.spectral_norm(
+        torch.nn.Linear(2, 8))), torch.nn.LeakyReLU(0.2), torch.nn.Linear(8, 1)).eval(), torch.float32),
     "float16": lambda: (_mlp(ACTIVATIONS["leaky_relu"]).half(), torch.float16),
 }
 

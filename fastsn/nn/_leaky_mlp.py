@@ -5,10 +5,10 @@ which skips the pass of zeros through every layer that autograd's double backwar
 (anything else takes the generic path, which runs D itself):
     - ``torch.nn.Sequential`` itself (not a subclass, which may override forward), of
       Linear, (activation, Linear)*, and optionally a final ``nn.Flatten`` that keeps (B, 1) or makes (B,);
-    - Linear: ``nn.Linear`` or a parametrized one (e.g. spectral norm: its weight is read once, as a forward reads it),
-      the last with one output; activations: ``nn.LeakyReLU``, ``nn.ReLU``, ``fastsn.nn.LeakyReLU`` and
+    - Linear: ``nn.Linear``, a parametrized one (e.g. spectral norm: its weight is read once, as a forward reads it)
+      or one with the legacy spectral-norm hook (run once, as a forward runs it), the last with one output; activations: ``nn.LeakyReLU``, ``nn.ReLU``, ``fastsn.nn.LeakyReLU`` and
       ``fastsn.nn.FusedLeakyReLU`` (its bias added to the layer's);
-    - no hooks on any of them, nor global module hooks;
+    - no other hooks on any of them, nor global module hooks;
     - x (B, in_features), float32 or float64, a plain tensor, with the parameters of its dtype and device, autocast
       off, and a kernel backend for the op on x's device (on the reference the generic path is the same).
 """
@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.modules.module as module_globals
 import torch.nn.utils.parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm as LegacySpectralNorm
 
 from fastsn import _backend
 from fastsn.nn.fused_leaky_relu import FusedLeakyReLU
@@ -41,7 +42,20 @@ class LeakyMlp:
     gains: list[float]
 
 
-def _has_hooks(module: torch.nn.Module) -> bool:
+def _spectral_norm_hooks(module: torch.nn.Module) -> Optional[list]:
+    """The legacy spectral-norm hooks (``torch.nn.utils.spectral_norm``, ``fastsn.nn.utils.spectral_norm``) that
+    are a module's only forward pre-hooks; [] for none; None where any other pre-hook is there."""
+    hooks = list(module._forward_pre_hooks.values())
+    if getattr(module, "_forward_pre_hooks_with_kwargs", None):
+        return None
+    if all(isinstance(h, LegacySpectralNorm) and type(h).__call__ is LegacySpectralNorm.__call__ for h in hooks):
+        return hooks
+    return None
+
+
+def _has_hooks(module: torch.nn.Module, spectral_norm_allowed: bool = False) -> bool:
+    if spectral_norm_allowed and _spectral_norm_hooks(module) is not None:
+        return any(getattr(module, name, None) for name in _MODULE_HOOKS if name != "_forward_pre_hooks")
     return any(getattr(module, name, None) for name in _MODULE_HOOKS)
 
 
@@ -71,7 +85,7 @@ def _structure(discriminator: object) -> Optional[list[torch.nn.Module]]:
     layers = list(discriminator)
     if layers and type(layers[-1]) is torch.nn.Flatten and (layers[-1].start_dim, layers[-1].end_dim) in _FLATTENS:
         layers = layers[:-1]
-    if len(layers) % 2 != 1 or any(_has_hooks(m) for m in layers):
+    if len(layers) % 2 != 1 or any(_has_hooks(m, spectral_norm_allowed=k % 2 == 0) for k, m in enumerate(layers)):
         return None
     if not all(_is_linear(m) for m in layers[0::2]) or any(_activation(m) is None for m in layers[1::2]):
         return None
@@ -85,6 +99,9 @@ def _stored(module: torch.nn.Module, name: str) -> Optional[torch.Tensor]:
     original; None where there is none, or where a parametrization keeps several originals."""
     if torch.nn.utils.parametrize.is_parametrized(module, name):
         return getattr(module.parametrizations[name], "original", None)
+    for hook in _spectral_norm_hooks(module) or []:
+        if hook.name == name:  # (the legacy hook computes module.<name> from <name>_orig before each forward)
+            return module._parameters.get(name + "_orig")
     return module._parameters.get(name)
 
 
@@ -113,6 +130,8 @@ def leaky_mlp(discriminator: object, x: torch.Tensor) -> Optional[LeakyMlp]:
     spec = LeakyMlp([], [], [], [])
     for k, layer in enumerate(layers):
         if k % 2 == 0:
+            for hook in _spectral_norm_hooks(layer):  # what a forward runs first: the weight and a power iteration
+                hook(layer, (x,))
             spec.weights.append(layer.weight)
             spec.biases.append(layer.bias)
         else:

@@ -51,16 +51,18 @@ struct MaskFactors {
       : up(static_cast<acc_t>(gain)), down(static_cast<acc_t>(gain * negative_slope)) {}
 };
 
-// z[k] = (z[k] + bias[k % H]) * (positive ? up : down) in place and positive[k] = z + bias > 0, for rows of H
+// For rows of H: positive[k] = v > 0 with v = z[k] + bias[k % H], and in place of z[k] the next layer's input
+// v * m, or, given the last layer's row w (H), the first delta w[k % H] * m (the broadcast never materialized)
 template <typename acc_t>
-FASTSN_SIMD_CLONES void activate_rows(acc_t* __restrict__ z, const acc_t* __restrict__ bias, acc_t up, acc_t down,
-                                      bool* __restrict__ positive, int64_t rows, int64_t features) {
+FASTSN_SIMD_CLONES void activate_rows(acc_t* __restrict__ z, const acc_t* __restrict__ bias,
+                                      const acc_t* __restrict__ w, acc_t up, acc_t down, bool* __restrict__ positive,
+                                      int64_t rows, int64_t features) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < features; ++c) {
       const acc_t v = z[r * features + c] + (bias ? bias[c] : acc_t(0));
       const bool p = v > acc_t(0);
       positive[r * features + c] = p;
-      z[r * features + c] = v * pick(p, up, down);
+      z[r * features + c] = (w ? w[c] : v) * pick(p, up, down);
     }
   }
 }
@@ -70,17 +72,6 @@ template <typename acc_t>
 FASTSN_SIMD_CLONES void mask_run(acc_t* __restrict__ t, const uint8_t* __restrict__ positive, acc_t up, acc_t down,
                                  int64_t n) {
   for (int64_t k = 0; k < n; ++k) t[k] *= pick(positive[k], up, down);
-}
-
-// delta[r, c] = w[c] * (positive[r, c] ? up : down): the first backward step, from the last layer's row w (H)
-template <typename acc_t>
-FASTSN_SIMD_CLONES void broadcast_mask_rows(const acc_t* __restrict__ w, const uint8_t* __restrict__ positive, acc_t up,
-                                            acc_t down, acc_t* __restrict__ delta, int64_t rows, int64_t features) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < features; ++c) {
-      delta[r * features + c] = w[c] * pick(positive[r * features + c], up, down);
-    }
-  }
 }
 
 // Products with a narrow side (an input layer of a few features, e.g. 2-D toy data): BLAS spends 50-60 us on a
@@ -223,8 +214,14 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_inp
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mlp_input_gradient_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::ScalarType acc = c10::CppTypeToScalarType<acc_t>::value;
-    // forward through the hidden layers: z_l = h_l W_l^T (+ b_l) (B, H_{l+1}), then in one pass the sign mask and
-    // h_{l+1} = z_l * m_l in place of z_l
+    const at::Tensor last = weights[hidden].to(acc).reshape({-1}).contiguous();  // w_{L-1} (H_{L-1},)
+    if (hidden == 0) {  // D(x) = x w_0^T + b: g is w_0 broadcast (B, H_0)
+      g = last.expand({batch, last.size(0)}).to(dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();
+      return;
+    }
+    // forward through the hidden layers: z_l = h_l W_l^T (+ b_l) (B, H_{l+1}), then in one pass the sign mask and,
+    // in place of z_l, h_{l+1} = z_l * m_l; for the last hidden layer, whose h the last layer (not computed) would
+    // take, the first delta_{L-2} = w_{L-1} * m_{L-2}
     at::Tensor h = x.to(acc);
     for (int64_t l = 0; l < hidden; ++l) {
       at::Tensor z = times_transposed(h, weights[l].to(acc));
@@ -235,35 +232,20 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_inp
       const int64_t features = z.size(1);
       acc_t* pz = z.mutable_data_ptr<acc_t>();
       const acc_t* pb = bc.defined() ? bc.const_data_ptr<acc_t>() : nullptr;
+      const acc_t* pw = l == hidden - 1 ? last.const_data_ptr<acc_t>() : nullptr;
       bool* pp = positive[l].mutable_data_ptr<bool>();
       for_rows(batch, features, [&](int64_t begin, int64_t end) {
-        activate_rows<acc_t>(pz + begin * features, pb, m.up, m.down, pp + begin * features, end - begin, features);
+        activate_rows<acc_t>(pz + begin * features, pb, pw, m.up, m.down, pp + begin * features, end - begin,
+                             features);
       });
       h = z;
     }
-    // backward chain: d_{L-1} = 1 w_{L-1}; delta_l = d_{l+1} * m_l (B, H_{l+1}); d_l = delta_l W_l (B, H_l)
-    const at::Tensor last = weights[hidden].to(acc).reshape({-1}).contiguous();  // (H_{L-1},)
-    if (hidden == 0) {
-      g = last.expand({batch, last.size(0)}).to(dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();
-      return;
-    }
-    at::Tensor d;
+    // backward chain: delta_l = d_{l+1} * m_l (B, H_{l+1}); d_l = delta_l W_l (B, H_l); g = d_0
+    at::Tensor delta = h, d;
     for (int64_t l = hidden - 1; l >= 0; --l) {
-      const MaskFactors<acc_t> m(negative_slopes[l], gains[l]);
-      at::Tensor delta;
-      if (l == hidden - 1) {  // the broadcast row, masked, without materializing the broadcast
-        delta = at::empty(positive[l].sizes(), x.options().dtype(acc));
-        const int64_t features = delta.size(1);
-        const acc_t* pw = last.const_data_ptr<acc_t>();
-        const uint8_t* pp = reinterpret_cast<const uint8_t*>(positive[l].const_data_ptr<bool>());
-        acc_t* pd = delta.mutable_data_ptr<acc_t>();
-        for_rows(batch, features, [&](int64_t begin, int64_t end) {
-          broadcast_mask_rows<acc_t>(pw, pp + begin * features, m.up, m.down, pd + begin * features, end - begin,
-                                     features);
-        });
-      } else {
+      if (l < hidden - 1) {
         delta = d;  // (a fresh product: masked in place)
-        mask_in_place<acc_t>(delta, positive[l], m);
+        mask_in_place<acc_t>(delta, positive[l], MaskFactors<acc_t>(negative_slopes[l], gains[l]));
       }
       deltas[l] = delta.to(dtype);
       d = times(delta, weights[l].to(acc));

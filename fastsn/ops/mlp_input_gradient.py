@@ -44,6 +44,14 @@ def _check_same(t: torch.Tensor, like: torch.Tensor, op: str, arg: str, like_nam
                            f"{t.device}")
 
 
+def _check_batch(t: torch.Tensor, op: str, arg: str) -> None:
+    """A floating-point (batch, features) tensor."""
+    check_tensor(t, op, arg)
+    check_floating(t, op, arg)
+    if t.dim() != 2:
+        raise RuntimeError(f"{op}(): argument '{arg}' must be 2-D (batch, features), got shape {tuple(t.shape)}")
+
+
 def _check_layers(op: str, features: int, like: torch.Tensor, like_name: str, weights: Sequence[torch.Tensor],
                   negative_slopes: Sequence[float], gains: Sequence[float]) -> None:
     if len(weights) < 1:
@@ -75,10 +83,7 @@ def check_mlp_input_gradient_args(x: torch.Tensor, weights: Sequence[torch.Tenso
                                   biases: Sequence[Optional[torch.Tensor]], negative_slopes: Sequence[float],
                                   gains: Sequence[float], op: str = OP) -> None:
     """The checks of the C++ kernels (csrc/common/mlp_input_gradient.h), with the same messages."""
-    check_tensor(x, op, "x")
-    check_floating(x, op, "x")
-    if x.dim() != 2:
-        raise RuntimeError(f"{op}(): argument 'x' must be 2-D (batch, features), got shape {tuple(x.shape)}")
+    _check_batch(x, op, "x")
     _check_layers(op, x.shape[1], x, "x", weights, negative_slopes, gains)
     hidden = len(weights) - 1
     if len(biases) != hidden:
@@ -99,10 +104,7 @@ def check_mlp_input_gradient_backward_args(grad: torch.Tensor, weights: Sequence
                                            negative_slopes: Sequence[float], gains: Sequence[float],
                                            op: str = BACKWARD_OP) -> None:
     """The checks of the C++ backward kernels, with the same messages."""
-    check_tensor(grad, op, "grad")
-    check_floating(grad, op, "grad")
-    if grad.dim() != 2:
-        raise RuntimeError(f"{op}(): argument 'grad' must be 2-D (batch, features), got shape {tuple(grad.shape)}")
+    _check_batch(grad, op, "grad")
     _check_layers(op, grad.shape[1], grad, "grad", weights, negative_slopes, gains)
     hidden = len(weights) - 1
     if len(deltas) != hidden or len(positive) != hidden:

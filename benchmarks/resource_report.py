@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import itertools
+import math
 import os
 import pathlib
 import re
@@ -148,6 +149,36 @@ def _capture_mlp_input_gradient(mig_mod: Any, dtype: torch.dtype) -> None:
         mig_mod._span = span
 
 
+def _capture_grouped_spectral_norm(sn_mod: Any, dtype: torch.dtype) -> None:
+    """The grouped spectral-norm launches: the power iteration (widen, BILINEAR and FUSED passes of the block
+    configurations of a small group, finalize), the normalize and its backward, with and without 16-byte aligned
+    addresses, and the backward with int64 element indices (WIDE: a weight past 2^31 elements, as wide_offsets
+    tells)."""
+    group = [((4, 3), 0), ((3, 5, 2, 2), 1), ((6, 2, 3), 2), ((2, 300), 0), ((600, 2), 1)]
+    dims = [dim for _, dim in group]
+    hs = [shape[dim] for shape, dim in group]
+    ws = [math.prod(shape) // h for (shape, _), h in zip(group, hs)]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    wide_offsets = sn_mod.wide_offsets
+    try:
+        for aligned, wide in ((True, False), (False, False), (True, True)):
+            weights = [torch.zeros(math.prod(shape) + (0 if aligned else 1), dtype=dtype)[(0 if aligned else 1):]
+                       .view(shape) for shape, _ in group]
+            us, vs = [torch.zeros(h, dtype=dtype) for h in hs], [torch.zeros(w, dtype=dtype) for w in ws]
+            sn_mod.spectral_norm_grouped_power_iteration_triton(weights, us, vs, dims, [0, 1, 2, 1, 0], [1e-12] * 5,
+                                                                [True, False, True, True, True])
+            u_flat, v_flat, sigmas = torch.zeros(sum(hs), dtype=dtype), torch.zeros(sum(ws), dtype=dtype), \
+                torch.ones(len(group), dtype=acc)
+            sn_mod.spectral_norm_grouped_normalize_triton(weights, u_flat, v_flat, sigmas, dims, [1e-12] * 5)
+            sn_mod.wide_offsets = (lambda n, block: True) if wide else wide_offsets
+            grads = [torch.zeros(w.numel() + (0 if aligned else 1), dtype=dtype)[(0 if aligned else 1):].view(w.shape)
+                     for w in weights]
+            sn_mod.spectral_norm_grouped_normalize_backward_triton(grads, weights, u_flat, v_flat, sigmas, dims,
+                                                                   [1e-12] * 5)
+    finally:
+        sn_mod.wide_offsets = wide_offsets
+
+
 def capture(quick: bool = False) -> dict:
     """Every distinct Triton launch of the fastsn ops over the sweep, as compile specs."""
     if not jit_binder_available():
@@ -192,6 +223,7 @@ def capture(quick: bool = False) -> dict:
             msd_mod.minibatch_stddev_triton(x, 2, 1)
             msd_mod.minibatch_stddev_backward_triton(torch.zeros(4, 5, 2, 2, dtype=dtype), x, 2, 1)
             _capture_mlp_input_gradient(mig_mod, dtype)
+            _capture_grouped_spectral_norm(sn_mod, dtype)
         for (shape, dim), dtype in itertools.product(_sweep_shapes(quick), DTYPES):
             weight = torch.empty(shape, dtype=dtype)
             h = shape[dim]

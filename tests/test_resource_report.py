@@ -69,6 +69,8 @@ def test_capture_records_every_kernel_without_running_them():
                        "_interpolate_backward_kernel", "_l1_similarity_kernel", "_l1_similarity_backward_kernel",
                        "_stddev_stats_kernel", "_stddev_concat_kernel", "_stddev_gamma_kernel",
                        "_stddev_backward_kernel", "_mlp_matmul_kernel", "_mlp_first_delta_kernel",
-                       "_mlp_column_sum_kernel"}
+                       "_mlp_column_sum_kernel", "_sn_grouped_widen_kernel", "_sn_grouped_pass_kernel",
+                       "_sn_grouped_finalize_kernel", "_sn_grouped_normalize_kernel", "_sn_grouped_dot_partials_kernel",
+                       "_sn_grouped_normalize_backward_kernel"}
     spec = next(s for s in launches.values() if s["kernel"] == "_sn_normalize_kernel")
     assert spec["signature"]["eps"] == "fp64" and spec["signature"]["BLOCK"] == "constexpr"

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from fastsn.ops.bias_leaky_relu import backward_format, check_bias_leaky_relu_args, forward_format
-from fastsn.triton_kernels._common import acc_tl, block_offsets, on_device, scalars, wide_offsets
+from fastsn.triton_kernels._common import acc_tl, block_offsets, cdiv, on_device, scalars, wide_offsets
 
 BLOCK = 1024
 WARPS = 4
@@ -62,7 +62,7 @@ def bias_leaky_relu_triton(x: torch.Tensor, bias: Optional[torch.Tensor], dim: i
             inner *= size
     b = bias.contiguous() if bias is not None else xc  # any pointer when HAS_BIAS is off
     with on_device(xc):
-        _bias_leaky_relu_kernel[(triton.cdiv(n, BLOCK),)](xc, b, y, n, channels, inner,
+        _bias_leaky_relu_kernel[(cdiv(n, BLOCK),)](xc, b, y, n, channels, inner,
                                                           scalars(xc, float(negative_slope), float(gain)),
                                                           bias is not None, acc_tl(xc.dtype), BLOCK,
                                                           wide_offsets(n, BLOCK), num_warps=WARPS)
@@ -85,7 +85,7 @@ def bias_leaky_relu_backward_triton(grad: torch.Tensor, y: torch.Tensor, negativ
     if n == 0:
         return dx
     with on_device(gc):
-        _bias_leaky_relu_backward_kernel[(triton.cdiv(n, BLOCK),)](
+        _bias_leaky_relu_backward_kernel[(cdiv(n, BLOCK),)](
             gc, yc, dx, n, scalars(gc, float(gain), float(gain * negative_slope)), acc_tl(gc.dtype), BLOCK,
             num_warps=WARPS)
     return dx

@@ -8,7 +8,7 @@ import triton.language as tl
 
 from fastsn.ops._checks import check_floating
 from fastsn.ops.build_info import ABI_VERSION, BACKEND_CODES, BUILD_INFO_FIELDS
-from fastsn.triton_kernels._common import acc_tl, on_device
+from fastsn.triton_kernels._common import acc_tl, cdiv, on_device
 
 BLOCK = 1024
 
@@ -47,7 +47,7 @@ def build_info_triton(x: torch.Tensor) -> torch.Tensor:
     xc = x.contiguous().view(-1)  # (numel,)
     n = xc.numel()
     out = torch.zeros(len(BUILD_INFO_FIELDS), dtype=torch.int64, device=x.device)
-    grid = (max(1, triton.cdiv(n, BLOCK)),)
+    grid = (max(1, cdiv(n, BLOCK)),)
     device_index = x.device.index if x.device.type == "cuda" else -1
     with on_device(x):  # launch on x's GPU, on its current stream
         _build_info_kernel[grid](xc, out, n, device_index, x.element_size(), BACKEND_CODES["triton"],

@@ -12,7 +12,8 @@ import triton
 import triton.language as tl
 
 from fastsn.ops.gradient_penalty import check_gradient_penalty_head_args, opmath_dtype
-from fastsn.triton_kernels._common import acc_tl, check_loop_size, div_rn, on_device, program_target, scalars, sqrt_rn
+from fastsn.triton_kernels._common import (acc_tl, cdiv, check_loop_size, div_rn, next_pow2, on_device, program_target,
+                                          scalars, sqrt_rn)
 
 BLOCK = 1024
 WARPS = 4
@@ -96,10 +97,10 @@ def row_chunks(batch: int, features: int, target: int) -> int:
     """The elements per program for rows of ``features``: the whole row while ``batch`` rows fill ``target``
     programs or the row is short, else about target / batch chunks per row (a multiple of BLOCK, MIN_CHUNK at least,
     MAX_CHUNKS chunks at most)."""
-    chunks = min(triton.cdiv(target, batch), features // MIN_CHUNK, MAX_CHUNKS)
+    chunks = min(cdiv(target, batch), features // MIN_CHUNK, MAX_CHUNKS)
     if chunks <= 1:
         return features
-    return triton.cdiv(triton.cdiv(features, chunks), BLOCK) * BLOCK
+    return cdiv(cdiv(features, chunks), BLOCK) * BLOCK
 
 
 def gradient_penalty_head_triton(grad: torch.Tensor, mode: int, weight: float, center: float
@@ -121,12 +122,12 @@ def gradient_penalty_head_triton(grad: torch.Tensor, mode: int, weight: float, c
             _penalty_rows_kernel[(batch,)](g, d_grad, phi, params, features, int(mode), acc_tl(g.dtype), BLOCK,
                                            num_warps=WARPS)
         else:
-            chunks = triton.cdiv(features, chunk)
+            chunks = cdiv(features, chunk)
             partial = torch.empty(batch, chunks, dtype=acc, device=g.device)
             _chunk_sums_kernel[(batch, chunks)](g, partial, features, chunk, chunks, acc_tl(g.dtype), BLOCK,
                                                 num_warps=WARPS)
             _chunk_scale_kernel[(batch, chunks)](g, d_grad, partial, phi, params, features, chunk, chunks, int(mode),
-                                                 acc_tl(g.dtype), BLOCK, triton.next_power_of_2(chunks),
+                                                 acc_tl(g.dtype), BLOCK, next_pow2(chunks),
                                                  num_warps=WARPS)
     return phi.sum() * scale, d_grad  # phi in acc: the sum and the product stay in float32 (float64)
 

@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from fastsn.ops.interpolate import check_interpolate_args, check_interpolate_backward_args, opmath_dtype
-from fastsn.triton_kernels._common import acc_tl, block_offsets, on_device, wide_offsets
+from fastsn.triton_kernels._common import acc_tl, block_offsets, cdiv, on_device, wide_offsets
 
 BLOCK = 1024
 WARPS = 4
@@ -46,7 +46,7 @@ def interpolate_triton(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor
         return out
     e = eps.to(opmath_dtype(r.dtype)).contiguous()
     with on_device(r):
-        _interpolate_kernel[(triton.cdiv(n, BLOCK),)](r, f, e, out, n, n // r.shape[0], acc_tl(r.dtype), BLOCK,
+        _interpolate_kernel[(cdiv(n, BLOCK),)](r, f, e, out, n, n // r.shape[0], acc_tl(r.dtype), BLOCK,
                                                       wide_offsets(n, BLOCK), num_warps=WARPS)
     return out
 
@@ -62,7 +62,7 @@ def interpolate_backward_triton(grad: torch.Tensor, eps: torch.Tensor) -> tuple[
         return grad_real, grad_fake
     e = eps.to(opmath_dtype(g.dtype)).contiguous()
     with on_device(g):
-        _interpolate_backward_kernel[(triton.cdiv(n, BLOCK),)](g, e, grad_real, grad_fake, n, n // g.shape[0],
+        _interpolate_backward_kernel[(cdiv(n, BLOCK),)](g, e, grad_real, grad_fake, n, n // g.shape[0],
                                                                acc_tl(g.dtype), BLOCK, wide_offsets(n, BLOCK),
                                                                num_warps=WARPS)
     return grad_real, grad_fake

@@ -10,7 +10,7 @@ import triton.language as tl
 
 from fastsn.ops.minibatch_l1_similarity import (check_minibatch_l1_similarity_args,
                                                 check_minibatch_l1_similarity_backward_args)
-from fastsn.triton_kernels._common import acc_tl, on_device
+from fastsn.triton_kernels._common import acc_tl, cdiv, on_device
 
 BLOCK_I = 32
 BLOCK_J = 32
@@ -83,7 +83,7 @@ def _l1_similarity_backward_kernel(g_ptr, g0, g1, m_ptr, dm_ptr, n, b, c, s0, s1
 
 def _grid(n: int, b: int) -> tuple[int, int]:
     # row blocks on axis 0 (up to 2^31 - 1 programs), kernels on axis 1 (at most 65535: checked by the launchers)
-    return (triton.cdiv(n, BLOCK_I), b)
+    return (cdiv(n, BLOCK_I), b)
 
 
 def _check_kernels(b: int, op: str) -> None:

@@ -11,7 +11,7 @@ import triton.language as tl
 
 from fastsn.ops._checks import opmath_dtype
 from fastsn.ops.minibatch_stddev import EPS, check_minibatch_stddev_args, check_minibatch_stddev_backward_args
-from fastsn.triton_kernels._common import acc_tl, check_loop_size, div_rn, on_device, scalars, sqrt_rn
+from fastsn.triton_kernels._common import acc_tl, cdiv, check_loop_size, div_rn, on_device, scalars, sqrt_rn
 
 BLOCK = 1024
 WARPS = 4
@@ -113,7 +113,7 @@ def minibatch_stddev_triton(x: torch.Tensor, group_size: int, num_channels: int)
     with on_device(xc):
         _stddev_stats_kernel[(sh.m * sh.f,)](xc, stat, scalars(xc, EPS), sh.c, sh.s, sh.groups, sh.f, sh.k,
                                               sh.m * sh.c * sh.s, acc, BLOCK, num_warps=WARPS)
-        _stddev_concat_kernel[(triton.cdiv(out.numel(), BLOCK),)](xc, stat, out, out.numel(), sh.c, sh.s, sh.m, sh.f,
+        _stddev_concat_kernel[(cdiv(out.numel(), BLOCK),)](xc, stat, out, out.numel(), sh.c, sh.s, sh.m, sh.f,
                                                                   BLOCK, num_warps=WARPS)
     return out
 
@@ -132,7 +132,7 @@ def minibatch_stddev_backward_triton(grad: torch.Tensor, x: torch.Tensor, group_
     with on_device(xc):
         _stddev_gamma_kernel[(sh.m * sh.f,)](gc, gamma, sh.c, sh.s, sh.groups, sh.m, sh.f, sh.groups * sh.s,
                                               sh.k * sh.groups, acc, BLOCK, num_warps=WARPS)
-        _stddev_backward_kernel[(triton.cdiv(total, BLOCK),)](gc, xc, gamma, dx, scalars(xc, EPS), total, sh.c, sh.s,
+        _stddev_backward_kernel[(cdiv(total, BLOCK),)](gc, xc, gamma, dx, scalars(xc, EPS), total, sh.c, sh.s,
                                                               sh.groups, sh.f, sh.k, sh.m * sh.c * sh.s,
                                                               sh.m * (sh.c + sh.f) * sh.s, acc, BLOCK,
                                                               num_warps=WARPS)

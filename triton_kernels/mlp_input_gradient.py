@@ -28,7 +28,7 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from fastsn.ops.mlp_input_gradient import check_mlp_input_gradient_args, check_mlp_input_gradient_backward_args
-from fastsn.triton_kernels._common import acc_tl, check_loop_size, on_device, scalars
+from fastsn.triton_kernels._common import acc_tl, cdiv, check_loop_size, on_device, scalars
 
 WARPS = 4
 GROUP_M = 8              # the matmul's tile rows per group (program order)
@@ -185,7 +185,7 @@ def _matmul(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, *, epilogue: int 
     dot = _acc_dtype(a.dtype) if upcast else a.dtype  # the dtype tl.dot runs in
     block_m, block_n, block_k = _tiles(m, n, dot)
     wide = any(_span(t) >= 2**31 for t in (a, b, c, pos) + ((bias,) if bias is not None else ()))
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    grid = (cdiv(m, block_m) * cdiv(n, block_n),)
     _mlp_matmul_kernel[grid](a, b, c, c2 if c2 is not None else c, bias if bias is not None else c, pos,
                              params if params is not None else c, m, n, k, a.stride(0), a.stride(1), b.stride(0),
                              b.stride(1), c.stride(0), c.stride(1), pos.stride(0), pos.stride(1),
@@ -200,7 +200,7 @@ def _first_delta(w_row: torch.Tensor, batch: int, out: torch.Tensor, out2: Optio
     n = w_row.shape[0]
     if batch == 0 or n == 0:
         return
-    grid = (triton.cdiv(batch, ELEMENTWISE_ROWS) * triton.cdiv(n, ELEMENTWISE_COLS),)
+    grid = (cdiv(batch, ELEMENTWISE_ROWS) * cdiv(n, ELEMENTWISE_COLS),)
     pos = positive.view(torch.uint8) if positive is not None else out
     _mlp_first_delta_kernel[grid](w_row, pos, out, out2 if out2 is not None else out,
                                   params if params is not None else out, batch, n, w_row.stride(0),
@@ -213,7 +213,7 @@ def _column_sum(a: torch.Tensor, out: torch.Tensor) -> None:
     batch, n = a.shape
     if n == 0:
         return
-    _mlp_column_sum_kernel[(triton.cdiv(n, SUM_COLS),)](a, out, batch, n, a.stride(0), a.stride(1),
+    _mlp_column_sum_kernel[(cdiv(n, SUM_COLS),)](a, out, batch, n, a.stride(0), a.stride(1),
                                                        acc_tl(a.dtype), SUM_ROWS, SUM_COLS, num_warps=WARPS)
 
 

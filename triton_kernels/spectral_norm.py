@@ -43,11 +43,22 @@ Normalize backward, dW = (G - c u_i v_j) / sigma with c = <G, W> / sigma:
         columns are the fast axis), 1-D grid over the tiles; each program sums the partials (<= NUM_PARTIALS
         values, from L2) and writes its tile of dW. Two passes over G, one over W.
 Offsets into W are int64 everywhere; matrix sides must stay below 2^31 - 2^16; all loads are masked.
+
+Grouped ops (every spectral norm of a model, one dtype and device): the same algorithms, with each launch covering
+the programs of up to MAX_GROUP weights, which read their addresses, geometry and workspace offsets from an int64
+table (one host-to-device copy per op). The power iteration: one launch widening x (and copying the vectors of
+weights with no iteration), then per block configuration (pass_config) one BILINEAR or FUSED pass launch, and one
+finalize launch per iteration for all weights; the normalize: one elementwise launch; its backward: one launch of
+partial sums of <G, W> (up to NUM_PARTIALS per weight) and one elementwise launch computing dW from the flat index
+(i = (f // I) % H, j = (f // (H I)) I + f % I). The SNGAN discriminator's 11 weights take 8 launches for a refresh
+(forward and backward), the BigGAN-128-like 23 weights 12, where weight by weight they took 55 and 115.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import NamedTuple
+import struct
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -56,7 +67,7 @@ import triton.language as tl
 from fastsn.ops.spectral_norm import (check_grouped_normalize_args, check_grouped_power_iteration_args,
                                       check_normalize_args, check_normalize_backward_grad, check_power_iteration_args,
                                       normalize_layout, opmath_dtype, split_grouped_vectors)
-from fastsn.triton_kernels._common import acc_tl, div_rn, on_device, sqrt_rn
+from fastsn.triton_kernels._common import acc_tl, cdiv, div_rn, next_pow2, on_device, sqrt_rn, wide_offsets
 
 OP = "fastsn::spectral_norm"
 
@@ -233,6 +244,269 @@ def _sn_normalize_backward_kernel(g_ptr, u_ptr, u_stride, v_ptr, v_stride, sigma
     tl.store(out_ptr + offs, dw.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# Grouped launches: one launch covers the programs of many weights (the weights of one device and dtype), each
+# described by a row of an int64 table (addresses, sizes, offsets into the flat u, v, sigmas; the _F_* fields);
+# the table starts with the cumulative first program of each weight (MAXG entries, a power of 2 >= the weights of
+# the launch), from which each program finds its weight.
+_F_W = tl.constexpr(0)        # address of the weight's storage (W, contiguous or in its dense layout)
+_F_OUT = tl.constexpr(1)      # address of the output (W / sigma, or dW)
+_F_G = tl.constexpr(2)        # address of G (backward)
+_F_N = tl.constexpr(3)        # numel
+_F_EPS = tl.constexpr(4)      # eps, the bits of a float64
+_F_H = tl.constexpr(5)        # H = d_dim
+_F_I = tl.constexpr(6)        # I = product of the sizes after dim
+_F_U = tl.constexpr(7)        # offset of the weight's u in the flat us
+_F_V = tl.constexpr(8)        # offset of its v in the flat vs
+_F_SIGMA = tl.constexpr(9)    # index of its sigma in sigmas
+_F_PARTS = tl.constexpr(10)   # first of its partial sums (backward)
+_F_NPARTS = tl.constexpr(11)  # number of its partial sums
+_NF = tl.constexpr(12)
+
+
+@triton.jit
+def _grouped_task(starts_ptr, n_tasks, MAXG: tl.constexpr):
+    """(k, program index within weight k) of this program, from the cumulative first programs ``starts``."""
+    pid = tl.program_id(0)
+    idx = tl.arange(0, MAXG)
+    starts = tl.load(starts_ptr + idx, mask=idx < n_tasks, other=0)
+    k = tl.sum(((starts <= pid) & (idx < n_tasks)).to(tl.int32), axis=0) - 1  # weights of no program: skipped
+    return k, pid - tl.load(starts_ptr + k)
+
+
+@triton.jit
+def _grouped_ptr(row, field, like, ALIGNED: tl.constexpr):
+    """The address in ``row``'s ``field`` as a pointer of ``like``'s type; ALIGNED: every address of the launch is
+    16-byte aligned (the host checked), which lets the compiler vectorize the accesses as it does for arguments."""
+    ptr = tl.load(row + field).to(like.dtype, bitcast=True)
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
+
+
+@triton.jit
+def _grouped_eps(row, ACC: tl.constexpr):
+    return tl.load(row + _F_EPS).to(tl.float64, bitcast=True).to(ACC)
+
+
+@triton.jit
+def _sn_grouped_normalize_kernel(table_ptr, n_tasks, sigmas_ptr, w_like, ACC: tl.constexpr, MAXG: tl.constexpr,
+                                 ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    # per weight (a table row): out = W / sigma, elementwise over its storage; w_like: a pointer of the dtype
+    k, block = _grouped_task(table_ptr, n_tasks, MAXG)
+    row = table_ptr + 2 * MAXG + k * _NF
+    w_ptr = _grouped_ptr(row, _F_W, w_like, ALIGNED)
+    out_ptr = _grouped_ptr(row, _F_OUT, w_like, ALIGNED)
+    offs = block * BLOCK + tl.arange(0, BLOCK)  # int64 (block is)
+    mask = offs < tl.load(row + _F_N)
+    eps_a = _grouped_eps(row, ACC)
+    sigma = tl.load(sigmas_ptr + tl.load(row + _F_SIGMA)).to(ACC)
+    sigma = tl.where(tl.abs(sigma) < eps_a, eps_a, sigma)  # NaN stays NaN
+    x = tl.load(w_ptr + offs, mask=mask, other=0.0).to(ACC)
+    tl.store(out_ptr + offs, div_rn(x, sigma).to(w_like.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sn_grouped_dot_partials_kernel(table_ptr, n_tasks, part_ptr, w_like, g_like, ACC: tl.constexpr,
+                                    MAXG: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    # per weight: its n_parts programs (found from the second starts vector) each write the sum of G * W over
+    # their blocks, grid-stride: part[first + p]
+    k, p = _grouped_task(table_ptr + MAXG, n_tasks, MAXG)
+    row = table_ptr + 2 * MAXG + k * _NF
+    w_ptr = _grouped_ptr(row, _F_W, w_like, ALIGNED)
+    g_ptr = _grouped_ptr(row, _F_G, g_like, ALIGNED)
+    n = tl.load(row + _F_N)
+    n_parts = tl.load(row + _F_NPARTS)
+    acc = tl.zeros((BLOCK,), ACC)
+    for it in range(0, tl.cdiv(tl.cdiv(n, BLOCK) - p, n_parts)):
+        offs = (it * n_parts + p) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        acc += tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC) * tl.load(w_ptr + offs, mask=mask,
+                                                                             other=0.0).to(ACC)
+    tl.store(part_ptr + tl.load(row + _F_PARTS) + p, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _sn_grouped_normalize_backward_kernel(table_ptr, n_tasks, us_ptr, vs_ptr, sigmas_ptr, part_ptr, w_like, g_like,
+                                          ACC: tl.constexpr, MAXG: tl.constexpr, NP: tl.constexpr,
+                                          WIDE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    # per weight: dW = (G - c u_i v_j) / sigma over the flat contiguous G and dW, c = <G, W> / sigma from its
+    # partial sums; flat f of W (O, H, I) is M[i, j] with i = (f // I) % H, j = (f // (H I)) I + f % I
+    k, block = _grouped_task(table_ptr, n_tasks, MAXG)
+    row = table_ptr + 2 * MAXG + k * _NF
+    g_ptr = _grouped_ptr(row, _F_G, g_like, ALIGNED)
+    out_ptr = _grouped_ptr(row, _F_OUT, w_like, ALIGNED)
+    n_parts = tl.load(row + _F_NPARTS)
+    pidx = tl.arange(0, NP)
+    dot = tl.sum(tl.load(part_ptr + tl.load(row + _F_PARTS) + pidx, mask=pidx < n_parts, other=0.0), axis=0)
+    eps_a = _grouped_eps(row, ACC)
+    sigma = tl.load(sigmas_ptr + tl.load(row + _F_SIGMA)).to(ACC)
+    clamped = tl.abs(sigma) < eps_a  # eps replaces sigma, which then takes no gradient (c = 0)
+    sigma = tl.where(clamped, eps_a, sigma)
+    c = tl.where(clamped, 0.0, div_rn(dot, sigma))  # <G, W_sn>
+    if WIDE:  # (int32 division where every weight has fewer than 2^31 elements: see wide_offsets)
+        f = block * BLOCK + tl.arange(0, BLOCK)
+        height, inner = tl.load(row + _F_H), tl.load(row + _F_I)
+    else:
+        f = block.to(tl.int32) * BLOCK + tl.arange(0, BLOCK)
+        height, inner = tl.load(row + _F_H).to(tl.int32), tl.load(row + _F_I).to(tl.int32)
+    mask = f < tl.load(row + _F_N)
+    q = f // inner
+    o = q // height
+    u = tl.load(us_ptr + tl.load(row + _F_U) + (q - o * height), mask=mask, other=0.0).to(ACC)
+    v = tl.load(vs_ptr + tl.load(row + _F_V) + (o * inner + f - q * inner), mask=mask, other=0.0).to(ACC)
+    g = tl.load(g_ptr + f, mask=mask, other=0.0).to(ACC)
+    dw = div_rn(g - c * (u * v), sigma)
+    tl.store(out_ptr + f, dw.to(w_like.dtype.element_ty), mask=mask)
+
+
+# The grouped power iteration: a table of one row per weight (the _P_* fields: B's geometry, the workspace
+# offsets of its accumulators, its u, v and their copies), and per launch a segment [iteration, 0, starts (MAXG),
+# members (MAXG)]: the launch's weights (row indices) and the cumulative first program of each.
+_P_W = tl.constexpr(0)         # address of W (contiguous)
+_P_H = tl.constexpr(1)         # rows of B
+_P_WB = tl.constexpr(2)        # columns of B
+_P_RS = tl.constexpr(3)        # row_stride, col_stride, I, H*I: B's offset functions (see _View)
+_P_CS = tl.constexpr(4)
+_P_I = tl.constexpr(5)
+_P_HI = tl.constexpr(6)
+_P_X = tl.constexpr(7)         # workspace offset of x (w_B,): the widened column vector, then v_acc
+_P_R = tl.constexpr(8)         # workspace offset of r (w_B,), zero between passes
+_P_S = tl.constexpr(9)         # workspace offset of s (h_B,); BILINEAR: the widened row vector
+_P_SSQ = tl.constexpr(10)      # workspace offset of ||s||^2, zero between passes
+_P_EPS = tl.constexpr(11)      # eps, the bits of a float64
+_P_LAST = tl.constexpr(12)     # n_power_iterations - 1: the iteration that writes u, v, sigma (-1: BILINEAR)
+_P_ROW = tl.constexpr(13)      # address and stride of the row-side vector (u, or v where B = M^T), in place
+_P_ROW_STRIDE = tl.constexpr(14)
+_P_COL = tl.constexpr(15)      # the column-side vector
+_P_COL_STRIDE = tl.constexpr(16)
+_P_ROW_COPY = tl.constexpr(17)  # address of the row-side vector's copy (in the flat u or v copies)
+_P_COL_COPY = tl.constexpr(18)
+_P_SIGMA = tl.constexpr(19)    # index into sigmas
+_NPF = tl.constexpr(20)
+
+
+@triton.jit
+def _grouped_member(launch_ptr, MAXG: tl.constexpr):
+    """(table row index, program index within that weight) of this program in a launch segment."""
+    j, block = _grouped_task(launch_ptr + 2, tl.load(launch_ptr + 1), MAXG)
+    return tl.load(launch_ptr + 2 + MAXG + j), block
+
+
+@triton.jit
+def _sn_grouped_widen_kernel(rows_ptr, launch_ptr, ws_ptr, w_like, ACC: tl.constexpr, MAXG: tl.constexpr,
+                             BLOCK: tl.constexpr):
+    # x = the column-side vector in the accumulation dtype; BILINEAR weights: also s = the row-side vector, and
+    # both copies (nothing updates the vectors)
+    k, block = _grouped_member(launch_ptr, MAXG)
+    row = rows_ptr + k * _NPF
+    idx = block * BLOCK + tl.arange(0, BLOCK)  # int64
+    bilinear = tl.load(row + _P_LAST) < 0
+    col_ptr = tl.load(row + _P_COL).to(w_like.dtype, bitcast=True)
+    cmask = idx < tl.load(row + _P_WB)
+    x = tl.load(col_ptr + idx * tl.load(row + _P_COL_STRIDE), mask=cmask, other=0.0)
+    tl.store(ws_ptr + tl.load(row + _P_X) + idx, x.to(ACC), mask=cmask)
+    if bilinear:
+        tl.store(tl.load(row + _P_COL_COPY).to(w_like.dtype, bitcast=True) + idx, x, mask=cmask)
+        row_ptr = tl.load(row + _P_ROW).to(w_like.dtype, bitcast=True)
+        rmask = idx < tl.load(row + _P_H)
+        y = tl.load(row_ptr + idx * tl.load(row + _P_ROW_STRIDE), mask=rmask, other=0.0)
+        tl.store(ws_ptr + tl.load(row + _P_S) + idx, y.to(ACC), mask=rmask)
+        tl.store(tl.load(row + _P_ROW_COPY).to(w_like.dtype, bitcast=True) + idx, y, mask=rmask)
+
+
+@triton.jit
+def _sn_grouped_pass_kernel(rows_ptr, launch_ptr, ws_ptr, sigmas_ptr, w_like, MODE: tl.constexpr,
+                            ROW_DIV: tl.constexpr, COL_DIV: tl.constexpr, ACC: tl.constexpr, MAXG: tl.constexpr,
+                            BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    # _sn_pass_kernel for the launch's weights (one block configuration): x, s, r and ||s||^2 in the workspace;
+    # BILINEAR: sigmas[k] += y . (B x) with y the widened row vector (in s)
+    k, block = _grouped_member(launch_ptr, MAXG)
+    row = rows_ptr + k * _NPF
+    w_ptr = tl.load(row + _P_W).to(w_like.dtype, bitcast=True)
+    h = tl.load(row + _P_H).to(tl.int32)
+    w = tl.load(row + _P_WB).to(tl.int32)
+    row_stride, col_stride = tl.load(row + _P_RS), tl.load(row + _P_CS)
+    inner, slab = tl.load(row + _P_I).to(tl.int32), tl.load(row + _P_HI)
+    x_ptr = ws_ptr + tl.load(row + _P_X)
+    s_ptr = ws_ptr + tl.load(row + _P_S)
+    rows = block.to(tl.int32) * BLOCK_H + tl.arange(0, BLOCK_H)  # (BLOCK_H,)
+    rmask = rows < h
+    row_off = _axis_offsets(rows, row_stride, inner, slab, ROW_DIV)  # (BLOCK_H,) int64
+    acc = tl.zeros((BLOCK_H, BLOCK_W), ACC)
+    for start in range(0, w, BLOCK_W):  # s = B x for this program's rows
+        cols = start + tl.arange(0, BLOCK_W)
+        cmask = cols < w
+        x = tl.load(x_ptr + cols, mask=cmask, other=0.0)
+        offs = row_off[:, None] + _axis_offsets(cols, col_stride, inner, slab, COL_DIV)[None, :]
+        tile = tl.load(w_ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(ACC)
+        acc += tile * x[None, :]
+    s = tl.sum(acc, axis=1)  # (BLOCK_H,), 0 on masked rows
+    if MODE == 1:  # BILINEAR
+        y = tl.load(s_ptr + rows, mask=rmask, other=0.0)
+        tl.atomic_add(sigmas_ptr + tl.load(row + _P_SIGMA), tl.sum(y * s, axis=0), sem="relaxed")
+    else:  # FUSED: s, ||s||^2, and r += B^T s over the same columns in reverse (hottest first)
+        r_ptr = ws_ptr + tl.load(row + _P_R)
+        tl.store(s_ptr + rows, s, mask=rmask)
+        tl.atomic_add(ws_ptr + tl.load(row + _P_SSQ), tl.sum(s * s, axis=0), sem="relaxed")
+        n_chunks = tl.cdiv(w, BLOCK_W)
+        for c in range(0, n_chunks):
+            cols = (n_chunks - 1 - c) * BLOCK_W + tl.arange(0, BLOCK_W)
+            cmask = cols < w
+            offs = row_off[:, None] + _axis_offsets(cols, col_stride, inner, slab, COL_DIV)[None, :]
+            tile = tl.load(w_ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(ACC)
+            tl.atomic_add(r_ptr + cols, tl.sum(tile * s[:, None], axis=0), mask=cmask, sem="relaxed")
+
+
+@triton.jit
+def _sn_grouped_finalize_kernel(rows_ptr, launch_ptr, ws_ptr, sigmas_ptr, w_like, ACC: tl.constexpr,
+                                MAXG: tl.constexpr, BLOCK: tl.constexpr):
+    # _sn_finalize_kernel, one program per weight of the launch; the last iteration of each weight (its _P_LAST)
+    # writes its u, v in place, their copies and its sigma
+    k = tl.load(launch_ptr + 2 + MAXG + tl.program_id(0))
+    row = rows_ptr + k * _NPF
+    h = tl.load(row + _P_H).to(tl.int32)
+    w = tl.load(row + _P_WB).to(tl.int32)
+    last = tl.load(row + _P_LAST) == tl.load(launch_ptr)
+    r_ptr = ws_ptr + tl.load(row + _P_R)
+    vacc_ptr = ws_ptr + tl.load(row + _P_X)
+    s_ptr = ws_ptr + tl.load(row + _P_S)
+    scal_ptr = ws_ptr + tl.load(row + _P_SSQ)
+    eps_a = tl.load(row + _P_EPS).to(tl.float64, bitcast=True).to(ACC)
+    idx = tl.arange(0, BLOCK)
+    ds = _clamp_min(sqrt_rn(tl.load(scal_ptr)), eps_a)  # max(||s||, eps)
+    tsq_vec = tl.zeros((BLOCK,), ACC)
+    for start in range(0, w, BLOCK):  # t = r / ds (= B^T u)
+        cols = start + idx
+        t = div_rn(tl.load(r_ptr + cols, mask=cols < w, other=0.0), ds)
+        tsq_vec += t * t
+    tsq = tl.sum(tsq_vec, axis=0)
+    dt = _clamp_min(sqrt_rn(tsq), eps_a)  # max(||t||, eps)
+    col_ptr = tl.load(row + _P_COL).to(w_like.dtype, bitcast=True)
+    col_stride = tl.load(row + _P_COL_STRIDE)
+    col_copy = tl.load(row + _P_COL_COPY).to(w_like.dtype, bitcast=True)
+    for start in range(0, w, BLOCK):  # v = t / dt
+        cols = start + idx
+        cmask = cols < w
+        vn = div_rn(div_rn(tl.load(r_ptr + cols, mask=cmask, other=0.0), ds), dt)
+        tl.store(vacc_ptr + cols, vn, mask=cmask)
+        tl.store(r_ptr + cols, tl.zeros((BLOCK,), ACC), mask=cmask)
+        if last:
+            tl.store(col_ptr + cols.to(tl.int64) * col_stride, vn.to(w_like.dtype.element_ty), mask=cmask)
+            tl.store(col_copy + cols, vn.to(w_like.dtype.element_ty), mask=cmask)
+    tl.store(scal_ptr, tl.zeros((), ACC))
+    if last:
+        row_ptr = tl.load(row + _P_ROW).to(w_like.dtype, bitcast=True)
+        row_stride = tl.load(row + _P_ROW_STRIDE)
+        row_copy = tl.load(row + _P_ROW_COPY).to(w_like.dtype, bitcast=True)
+        for start in range(0, h, BLOCK):  # u = s / ds
+            rows = start + idx
+            rmask = rows < h
+            un = div_rn(tl.load(s_ptr + rows, mask=rmask, other=0.0), ds)
+            tl.store(row_ptr + rows.to(tl.int64) * row_stride, un.to(w_like.dtype.element_ty), mask=rmask)
+            tl.store(row_copy + rows, un.to(w_like.dtype.element_ty), mask=rmask)
+        tl.store(sigmas_ptr + tl.load(row + _P_SIGMA), div_rn(tsq, dt))  # ||t||^2 / max(||t||, eps)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------------------------
@@ -267,10 +541,6 @@ def _matrix_view(weight: torch.Tensor, dim: int) -> _View:
     if inner == 1:  # M[i, o] at o*H + i: column-major
         return _View(height, outer, 1, height, 1, 0, False, False, False)
     return _View(height, outer * inner, inner, 0, inner, height * inner, False, True, False)
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
 
 
 def _prev_pow2(x: int) -> int:
@@ -373,7 +643,7 @@ def spectral_norm_power_iteration_triton(weight: torch.Tensor, u: torch.Tensor, 
     row_vec, col_vec, row_copy, col_copy = (v, u, v_copy, u_copy) if view.transposed else (u, v, u_copy, v_copy)
     h, w = view.h, view.w
     block_h, block_w, warps = pass_config(view, wc.dtype)
-    grid = (triton.cdiv(h, block_h),)
+    grid = (cdiv(h, block_h),)
     acc_kind = acc_tl(wc.dtype)
     geometry = (h, w, view.row_stride, view.col_stride, view.inner, view.slab)
     layout = (view.row_div, view.col_div)
@@ -386,7 +656,7 @@ def spectral_norm_power_iteration_triton(weight: torch.Tensor, u: torch.Tensor, 
             return sigma, u_copy, v_copy
 
         # workspace: r (w,) | v_acc (w,) | s (h,) | ssq (1), each segment 64-aligned; r and ssq start at 0
-        wp, hp = triton.cdiv(w, _SEG) * _SEG, triton.cdiv(h, _SEG) * _SEG
+        wp, hp = cdiv(w, _SEG) * _SEG, cdiv(h, _SEG) * _SEG
         ws = torch.zeros(2 * wp + hp + _SEG, dtype=acc, device=dev)
         r, v_acc, s, ssq = ws[:w], ws[wp:wp + w], ws[2 * wp:2 * wp + h], ws[2 * wp + hp:2 * wp + hp + 1]
         for it in range(n_iter):
@@ -425,7 +695,7 @@ def _normalize(weight: torch.Tensor, sigma: torch.Tensor, eps: float) -> torch.T
     if n == 0:
         return out
     with on_device(wc):
-        _sn_normalize_kernel[(triton.cdiv(n, NORMALIZE_BLOCK),)](wc, sigma, out, n, float(eps), acc_tl(wc.dtype),
+        _sn_normalize_kernel[(cdiv(n, NORMALIZE_BLOCK),)](wc, sigma, out, n, float(eps), acc_tl(wc.dtype),
                                                                  NORMALIZE_BLOCK, num_warps=NORMALIZE_WARPS)
     return out
 
@@ -459,7 +729,7 @@ def _normalize_backward(grad: torch.Tensor, weight: torch.Tensor, u: torch.Tenso
         return out
     acc = opmath_dtype(wc.dtype)
     acc_kind = acc_tl(wc.dtype)
-    n_parts = min(triton.cdiv(n, DOT_BLOCK), NUM_PARTIALS)
+    n_parts = min(cdiv(n, DOT_BLOCK), NUM_PARTIALS)
     partials = torch.empty(n_parts, dtype=acc, device=wc.device)
     view = _matrix_view(wc, dim)
     _check_sides(view, op)
@@ -467,41 +737,248 @@ def _normalize_backward(grad: torch.Tensor, weight: torch.Tensor, u: torch.Tenso
         view = view.t()
     row_vec, col_vec = (v, u) if view.transposed else (u, v)
     block_h, block_w, warps = backward_config(view.w, wc.dtype)
-    n_wtiles = triton.cdiv(view.w, block_w)
+    n_wtiles = cdiv(view.w, block_w)
     with on_device(wc):
-        _sn_dot_partials_kernel[(n_parts,)](gc, wc, partials, n, triton.cdiv(n, DOT_BLOCK), acc_kind, DOT_BLOCK,
+        _sn_dot_partials_kernel[(n_parts,)](gc, wc, partials, n, cdiv(n, DOT_BLOCK), acc_kind, DOT_BLOCK,
                                             num_warps=DOT_WARPS)
-        _sn_normalize_backward_kernel[(triton.cdiv(view.h, block_h) * n_wtiles,)](
+        _sn_normalize_backward_kernel[(cdiv(view.h, block_h) * n_wtiles,)](
             gc, row_vec, row_vec.stride(0), col_vec, col_vec.stride(0), sigma, partials, n_parts, out,
             view.h, view.w, view.row_stride, view.col_stride, view.inner, view.slab, n_wtiles, float(eps),
             view.row_div, view.col_div, acc_kind, NUM_PARTIALS, block_h, block_w, num_warps=warps)
     return out
 
 
-# Grouped ops (every spectral norm of a model): the single-weight launchers, weight by weight. Unlike the C++ CUDA
-# kernels, which refresh up to 24 small weights in one launch, this costs the single-weight launches per weight.
+# Grouped ops (every spectral norm of a model), one launch for many weights.
+MAX_GROUP = 64  # weights per grouped launch: each program scans that many starts to find its weight
+WIDEN_BLOCK = 1024
+# elements per program of the grouped normalize and its backward: 8 per thread keeps the index math of the backward
+# within about 100 registers (16 per thread took 214 with int64 indices: one CTA of 8 warps per SM)
+GROUPED_BLOCK = 1024
+GROUPED_WARPS = 4
+
+
 def spectral_norm_grouped_power_iteration_triton(weights, us, vs, dims, n_power_iterations, eps, u_first):
-    """Triton implementation of the grouped power iteration: flat (sigmas (n,), u copies, v copies)."""
+    """Triton implementation of the grouped power iteration: flat (sigmas (n,), u copies, v copies).
+
+    Launches, for all weights together (MAX_GROUP weights a launch): one memset of the workspace and sigmas, one
+    widening x (and, where n_power_iterations == 0, the copies), one BILINEAR pass per block configuration, then
+    per iteration one FUSED pass per block configuration and one finalize."""
     check_grouped_power_iteration_args(weights, us, vs, dims, n_power_iterations, eps, u_first)
-    results = [spectral_norm_power_iteration_triton(*args)
-               for args in zip(weights, us, vs, dims, n_power_iterations, eps, u_first)]
-    return (torch.stack([r[0] for r in results]), torch.cat([r[1] for r in results]),
-            torch.cat([r[2] for r in results]))
+    if _capturing(weights[0].device):
+        results = [spectral_norm_power_iteration_triton(*args)
+                   for args in zip(weights, us, vs, dims, n_power_iterations, eps, u_first)]
+        return (torch.stack([r[0] for r in results]), torch.cat([r[1] for r in results]),
+                torch.cat([r[2] for r in results]))
+    for args in zip(weights, us, vs, dims, n_power_iterations, eps):
+        check_power_iteration_args(*args)
+    first = weights[0]
+    dtype, device = first.dtype, first.device
+    u_offs, v_offs, h_total, w_total = _vector_offsets(weights, dims)
+    u_copies = torch.empty(h_total, dtype=dtype, device=device)
+    v_copies = torch.empty(w_total, dtype=dtype, device=device)
+    sigmas = torch.zeros(len(weights), dtype=opmath_dtype(dtype), device=device)
+    keep: list[torch.Tensor] = []  # the contiguous weights the table points to, alive until the launches
+    rows: list[list[int]] = []
+    configs: dict[tuple, list[int]] = {}  # (BILINEAR, pass_config, ROW_DIV, COL_DIV) -> row indices
+    ws_size = 0
+    item = first.element_size()
+    for k, (weight, u, v, dim, n_iter, e, first_u) in enumerate(zip(weights, us, vs, dims, n_power_iterations, eps,
+                                                                    u_first)):
+        n_iter = int(n_iter)
+        if weight.numel() == 0:  # M v = 0 and M^T u = 0: u = N(0) = 0, v = 0; sigma = 0
+            if n_iter > 0:
+                u.zero_()
+                v.zero_()
+            u_copies[u_offs[k]:u_offs[k] + u.numel()].copy_(u)
+            v_copies[v_offs[k]:v_offs[k] + v.numel()].copy_(v)
+            continue
+        wc = weight.detach().contiguous()
+        keep.append(wc)
+        view = _matrix_view(wc, dim)
+        _check_sides(view, OP + "_grouped_power_iteration")
+        if (n_iter > 0 and not first_u) or (n_iter == 0 and view.fast_rows):  # as the single-weight launcher
+            view = view.t()
+        u_copy, v_copy = u_copies.data_ptr() + u_offs[k] * item, v_copies.data_ptr() + v_offs[k] * item
+        (row_vec, row_copy), (col_vec, col_copy) = ((v, v_copy), (u, u_copy)) if view.transposed else \
+            ((u, u_copy), (v, v_copy))
+        configs.setdefault((n_iter == 0, *pass_config(view, dtype), view.row_div, view.col_div), []).append(len(rows))
+        rows.append([wc.data_ptr(), view.h, view.w, view.row_stride, view.col_stride, view.inner, view.slab,
+                     ws_size, ws_size + view.w, ws_size + 2 * view.w, ws_size + 2 * view.w + view.h, _f64_bits(e),
+                     n_iter - 1, row_vec.data_ptr(), row_vec.stride(0), col_vec.data_ptr(), col_vec.stride(0),
+                     row_copy, col_copy, k])
+        ws_size += 2 * view.w + view.h + 1  # x, r (w_B each), s (h_B), ||s||^2
+    if rows:
+        ws = torch.zeros(ws_size, dtype=sigmas.dtype, device=device)
+        table, plan = _power_iteration_plan(rows, configs, max(int(n) for n in n_power_iterations))
+        table = _device_table(table, device)
+        acc_kind = acc_tl(dtype)
+        with on_device(first):
+            for kernel, offset, grid, maxg, meta in plan:
+                kernel[(grid,)](table, table[offset:], ws, *([] if kernel is _sn_grouped_widen_kernel else [sigmas]),
+                                keep[0], ACC=acc_kind, MAXG=maxg, **meta)
+    return sigmas, u_copies, v_copies
+
+
+def _power_iteration_plan(rows: list[list[int]], configs: dict[tuple, list[int]], iterations: int
+                          ) -> tuple[list[int], list[tuple]]:
+    """The table (the rows, then a segment per launch: [iteration, count, starts (MAXG), members (MAXG)]) and the
+    launches (kernel, segment offset, grid, MAXG, other arguments) of the grouped power iteration."""
+    table = [value for row in rows for value in row]
+    plan = []
+    last, heights, widths = ([row[field.value] for row in rows] for field in (_P_LAST, _P_H, _P_WB))
+
+    def add(kernel, iteration: int, members: list[int], programs: list[int], **meta) -> None:
+        for begin in range(0, len(members), MAX_GROUP):
+            chunk, counts = members[begin:begin + MAX_GROUP], programs[begin:begin + MAX_GROUP]
+            if not sum(counts):
+                continue
+            maxg = next_pow2(len(chunk))
+            starts = [sum(counts[:j]) for j in range(len(chunk))]
+            plan.append((kernel, len(table), sum(counts), maxg, meta))
+            padding = [0] * (maxg - len(chunk))
+            table.extend([iteration, len(chunk)] + starts + padding + chunk + padding)
+            table.extend([0] * (len(table) % 2))  # 16-byte aligned segments
+
+    everyone = list(range(len(rows)))
+    add(_sn_grouped_widen_kernel, 0, everyone,
+        [cdiv(max(widths[j], heights[j] if last[j] < 0 else 0), WIDEN_BLOCK) for j in everyone], BLOCK=WIDEN_BLOCK,
+        num_warps=4)
+    for it in range(-1, iterations):  # -1: the BILINEAR passes (no iteration)
+        for (_, block_h, block_w, warps, row_div, col_div), members in configs.items():
+            members = [j for j in members if (last[j] < 0 if it < 0 else last[j] >= it)]
+            add(_sn_grouped_pass_kernel, max(it, 0), members, [cdiv(heights[j], block_h) for j in members],
+                MODE=PASS_BILINEAR if it < 0 else PASS_FUSED, ROW_DIV=row_div, COL_DIV=col_div, BLOCK_H=block_h,
+                BLOCK_W=block_w, num_warps=warps)
+        if it >= 0:
+            members = [j for j in everyone if last[j] >= it]
+            add(_sn_grouped_finalize_kernel, it, members, [1] * len(members), BLOCK=FINALIZE_BLOCK,
+                num_warps=FINALIZE_WARPS)
+    return table, plan
+
+
+def _capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on the current stream. The grouped launches read a table copied from
+    host memory, which a graph would copy again at each replay from a buffer long reused; so under capture the
+    grouped ops run the single-weight launches, weight by weight (arguments only)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _aligned(rows: list[list[int]]) -> bool:
+    """Whether every address in the rows (_F_W, _F_OUT, _F_G; 0 where unused) is 16-byte aligned."""
+    return all(row[field] % 16 == 0 for row in rows for field in (0, 1, 2))
+
+
+@functools.lru_cache(maxsize=64)
+def _f64_bits(x: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
+def _device_table(values: list[int], device: torch.device) -> torch.Tensor:
+    """An int64 table on ``device``: one host-to-device copy, asynchronous from pinned memory on a GPU."""
+    if device.type == "cuda":
+        return torch.tensor(values, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
+    return torch.tensor(values, dtype=torch.int64, device=device)
+
+
+def _grouped_table(rows: list[list[int]], programs: list[int], parts: list[int], device: torch.device
+                   ) -> tuple[torch.Tensor, int]:
+    """The table of one grouped launch: the cumulative first program of each weight (elementwise programs, then
+    partial sums), padded to MAXG entries each, then the rows of _NF fields. Returns (table, MAXG)."""
+    maxg = next_pow2(len(rows))
+    values = []
+    for counts in (programs, parts):
+        total = 0
+        for count in counts:
+            values.append(total)
+            total += count
+        values += [0] * (maxg - len(counts))
+    for row in rows:
+        values += row
+    return _device_table(values, device), maxg
+
+
+def _weight_row(weight: torch.Tensor, out: torch.Tensor, grad: Optional[torch.Tensor], dim: int, eps: float,
+                u_off: int, v_off: int, sigma_index: int, parts_first: int, n_parts: int) -> list[int]:
+    shape = weight.shape
+    return [weight.data_ptr(), out.data_ptr(), 0 if grad is None else grad.data_ptr(), weight.numel(),
+            _f64_bits(eps), shape[dim], math.prod(shape[dim + 1:]), u_off, v_off, sigma_index, parts_first, n_parts]
+
+
+def _vector_offsets(weights: list[torch.Tensor], dims: list[int]) -> tuple[list[int], list[int], int, int]:
+    """Where each weight's u and v start in the flat us and vs, and the lengths of those."""
+    u_offs, v_offs, h_total, w_total = [], [], 0, 0
+    for weight, dim in zip(weights, dims):
+        u_offs.append(h_total)
+        v_offs.append(w_total)
+        h_total += weight.shape[dim]
+        w_total += math.prod([size for d, size in enumerate(weight.shape) if d != dim])
+    return u_offs, v_offs, h_total, w_total
 
 
 def spectral_norm_grouped_normalize_triton(weights, us, vs, sigmas, dims, eps):
-    """Triton implementation of the grouped normalize: one W / sigma per weight."""
+    """Triton implementation of the grouped normalize: W / sigma for every weight, one launch per MAX_GROUP."""
     check_grouped_normalize_args(weights, us, vs, sigmas, dims, eps)
-    u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, dims)
-    return [_normalize(weight, s, e) for weight, s, e in zip(weights, sigma, eps)]
+    if weights and _capturing(weights[0].device):
+        return [_normalize(weight, sigma, e) for weight, sigma, e in zip(weights, sigmas.unbind(0), eps)]
+    layouts = [normalize_layout(weight) for weight in weights]  # (input, output) per weight, torch's layout
+    for begin in range(0, len(weights), MAX_GROUP):
+        members = range(begin, min(len(weights), begin + MAX_GROUP))
+        programs = [cdiv(layouts[k][0].numel(), GROUPED_BLOCK) for k in members]
+        if not sum(programs):
+            continue
+        rows = [_weight_row(layouts[k][0], layouts[k][1], None, dims[k], eps[k], 0, 0, k, 0, 0) for k in members]
+        table, maxg = _grouped_table(rows, programs, [], weights[0].device)
+        with on_device(weights[0]):
+            _sn_grouped_normalize_kernel[(sum(programs),)](table, len(rows), sigmas, layouts[begin][0],
+                                                           acc_tl(weights[0].dtype), maxg, _aligned(rows),
+                                                           GROUPED_BLOCK, num_warps=GROUPED_WARPS)
+    return [out for _, out in layouts]
 
 
 def spectral_norm_grouped_normalize_backward_triton(grads, weights, us, vs, sigmas, dims, eps):
-    """Triton implementation of the grouped normalize backward: one fused backward per weight."""
+    """Triton implementation of the grouped normalize backward: per MAX_GROUP weights, one launch of partial sums
+    of <G, W> and one of dW = (G - c u v^T) / sigma."""
     check_grouped_normalize_args(weights, us, vs, sigmas, dims, eps, OP + "_grouped_normalize_backward", grads)
-    u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, dims)
-    op = OP + "_grouped_normalize_backward"
-    return [_normalize_backward(*args, op) for args in zip(grads, weights, u, v, sigma, dims, eps)]
+    if not weights:
+        return []
+    if _capturing(weights[0].device):
+        u, v, sigma = split_grouped_vectors(weights, us, vs, sigmas, dims)
+        op = OP + "_grouped_normalize_backward"
+        return [_normalize_backward(*args, op) for args in zip(grads, weights, u, v, sigma, dims, eps)]
+    dtype, device = weights[0].dtype, weights[0].device
+    # one G dtype per launch (the pointers are typed by it): mixed ones are widened, exactly
+    g_dtype = functools.reduce(torch.promote_types, [g.dtype for g in grads])
+    wcs = [w.contiguous() for w in weights]
+    gcs = [g.to(g_dtype).contiguous() for g in grads]
+    outs = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in wcs]
+    u_offs, v_offs, _, _ = _vector_offsets(weights, dims)
+    n_parts = [min(cdiv(w.numel(), DOT_BLOCK), NUM_PARTIALS) for w in wcs]
+    partials = torch.empty(max(1, sum(n_parts)), dtype=opmath_dtype(dtype), device=device)
+    acc_kind = acc_tl(dtype)
+    parts_first = 0
+    for begin in range(0, len(weights), MAX_GROUP):
+        members = range(begin, min(len(weights), begin + MAX_GROUP))
+        programs = [cdiv(wcs[k].numel(), GROUPED_BLOCK) for k in members]
+        rows = []
+        for k in members:
+            rows.append(_weight_row(wcs[k], outs[k], gcs[k], dims[k], eps[k], u_offs[k], v_offs[k], k, parts_first,
+                                    n_parts[k]))
+            parts_first += n_parts[k]
+        if not sum(programs):
+            continue
+        for k in members:
+            _check_sides(_matrix_view(wcs[k], dims[k]), OP + "_grouped_normalize_backward")
+        table, maxg = _grouped_table(rows, programs, n_parts[begin:members.stop], device)
+        wide = any(wide_offsets(wcs[k].numel(), GROUPED_BLOCK) for k in members)
+        aligned = _aligned(rows)
+        with on_device(wcs[0]):
+            _sn_grouped_dot_partials_kernel[(sum(n_parts[begin:members.stop]),)](
+                table, len(rows), partials, wcs[begin], gcs[begin], acc_kind, maxg, aligned, DOT_BLOCK,
+                num_warps=DOT_WARPS)
+            _sn_grouped_normalize_backward_kernel[(sum(programs),)](
+                table, len(rows), us, vs, sigmas, partials, wcs[begin], gcs[begin], acc_kind, maxg, NUM_PARTIALS,
+                wide, aligned, GROUPED_BLOCK, num_warps=GROUPED_WARPS)
+    return outs
 
 
 for _kernel in (spectral_norm_power_iteration_triton, spectral_norm_normalize_triton,

@@ -453,6 +453,29 @@ def test_grouped_normalize_many_weights_layouts_and_grad_dtypes(backend_device, 
             _close(mixed[k], expected, dtype, scale=float(expected.abs().amax() if expected.numel() else 0) + 1)
 
 
+def test_triton_grouped_launches_do_not_grow_with_the_weights(monkeypatch):
+    """A grouped refresh on Triton launches per block configuration, not per weight: 3 or 30 weights of one
+    configuration take the same launches (widen, pass, finalize; normalize; partial sums, backward)."""
+    if ("triton", "cpu") not in KERNEL_PAIRS:
+        pytest.skip("needs Triton's interpreter (TRITON_INTERPRET=1)")
+    from triton.runtime.interpreter import InterpretedFunction
+    launched = []
+    run = InterpretedFunction.run
+    monkeypatch.setattr(InterpretedFunction, "run", lambda self, *a, **k: (launched.append(self.fn.__name__),
+                                                                           run(self, *a, **k))[1])
+    counts = []
+    for n in (3, 30):
+        weights, us, vs, dims = _group(torch.float32, "cpu", [((4, 3), 0)] * n)
+        leaves = [w.requires_grad_() for w in weights]
+        launched.clear()
+        sigmas, u_flat, v_flat = sn.spectral_norm_grouped_power_iteration(weights, us, vs, dims, [1] * n, [1e-12] * n,
+                                                                          [True] * n, backend="triton")
+        outs = sn.spectral_norm_grouped_normalize(leaves, u_flat, v_flat, sigmas, dims, [1e-12] * n, backend="triton")
+        torch.autograd.backward(outs, [torch.ones_like(w) for w in weights])
+        counts.append(sorted(launched))
+    assert counts[0] == counts[1] and len(counts[0]) == 6, counts
+
+
 def test_triton_grouped_ops_under_cuda_graph_capture_run_weight_by_weight(monkeypatch):
     """Under CUDA graph capture the Triton grouped ops launch weight by weight (their tables come from host memory,
     which a graph replay would read again): the same results as the grouped launches. (Capture is simulated: the

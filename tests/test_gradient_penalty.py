@@ -322,3 +322,117 @@ class _Constant(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bias.expand(x.shape[0]) * 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a plain nn.Sequential D: its activations on fastsn's op (fastsn/nn/_sequential_scores.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def swapped(monkeypatch):
+    """The slopes of the activations that gradient_penalty computed on fastsn's op."""
+    from fastsn.nn import _sequential_scores
+    slopes = []
+    original = _sequential_scores.bias_leaky_relu
+
+    def counting(x, bias, negative_slope, gain):
+        slopes.append(negative_slope)
+        return original(x, bias, negative_slope, gain)
+
+    monkeypatch.setattr(_sequential_scores, "bias_leaky_relu", counting)
+    return slopes
+
+
+def _conv_d(inplace: bool = True) -> torch.nn.Sequential:
+    """A DCGAN-like D: in-place activations after convs, one nested block, ReLU and LeakyReLU, a final Linear."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, 2, 1), torch.nn.LeakyReLU(0.2, inplace=inplace),
+        torch.nn.Sequential(torch.nn.Conv2d(6, 6, 3, 1, 1), torch.nn.ReLU(inplace=inplace)),
+        fastsn.spectral_norm(torch.nn.Conv2d(6, 4, 3, 2, 1)), torch.nn.LeakyReLU(0.1),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 1))
+
+
+@pytest.mark.parametrize("kind", ["wgan-gp", "r1", ("r1", "r2")], ids=["wgan-gp", "r1", "r1+r2"])
+@pytest.mark.parametrize("inplace", [True, False], ids=["inplace", "out-of-place"])
+def test_sequential_d_activations_on_fastsn_op_match_torch(backend_device, kind, inplace, swapped):
+    backend, device = backend_device
+    torch.manual_seed(0)
+    model = _conv_d(inplace).double().to(device).eval()
+    twin = copy.deepcopy(model)
+    real, fake = _data((5, 3, 8, 8), torch.float64, device)
+    with fastsn.use_backend(backend):
+        penalty = fastsn.gradient_penalty(model, real, fake, kind=kind, weight=3.0, center=0.7,
+                                          generator=torch.Generator(device).manual_seed(7))
+        penalty.backward()
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    x = penalty_inputs(kinds, real, fake, torch.Generator(device).manual_seed(7))
+    with fastsn.use_backend(backend):  # (the twin's spectral norm on the same backend)
+        if len(kinds) == 1:
+            expected = reference_penalty(twin, x, kind, 3.0, 0.7)
+        else:
+            expected = reference_penalty(twin, x[:5], "r1", 3.0, 0.7) + reference_penalty(twin, x[5:], "r2", 3.0, 0.7)
+        expected.backward()
+    torch.testing.assert_close(penalty, expected)
+    for got, want in zip(model.parameters(), twin.parameters()):  # (None where torch leaves None)
+        assert (got.grad is None) == (want.grad is None)
+    for got, want in zip(_param_grads(model), _param_grads(twin)):
+        torch.testing.assert_close(got, want)
+    assert swapped == ([0.2, 0.0, 0.1] if backend != "ref" else [])  # (the reference keeps torch's activations)
+
+
+def test_sequential_d_keeps_torch_activations_where_a_swap_could_be_observed(swapped):
+    real, fake = _data((4, 3, 8, 8), torch.float64)
+    # a forward hook that keeps a layer's output before an in-place activation: torch overwrites what it kept
+    model = _conv_d().double()
+    kept = []
+    model[0].register_forward_hook(lambda module, args, out: kept.append((out, out.detach().clone())))
+    fastsn.gradient_penalty(model, real, fake).backward()
+    torch.testing.assert_close(kept[0][0].detach(), torch.nn.functional.leaky_relu(kept[0][1], 0.2))
+    # hooks on an activation or on the Sequential (they run, as in D(x)), global hooks, a Sequential subclass, a
+    # module of the user's (its forward might hook the tensors the activations' zeros would reach): D(x) as it is
+    calls = []
+    for make in (lambda m: m[1].register_forward_hook(lambda *a: calls.append("act")),
+                 lambda m: m.register_forward_pre_hook(lambda *a: calls.append("seq"))):
+        model = _conv_d().double()
+        make(model)
+        fastsn.gradient_penalty(model, real, fake).backward()
+    assert calls == ["act", "seq"]
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    try:
+        fastsn.gradient_penalty(_conv_d().double(), real, fake).backward()
+    finally:
+        handle.remove()
+
+    class Subclass(torch.nn.Sequential):
+        pass
+
+    class Scale(torch.nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    fastsn.gradient_penalty(Subclass(*_conv_d().double()), real, fake).backward()
+    fastsn.gradient_penalty(torch.nn.Sequential(*_conv_d().double()[:2], Scale(), *_conv_d().double()[2:]), real,
+                            fake).backward()
+    assert swapped == []
+    # a negative slope: torch's activation there
+    negative = _conv_d().double().eval()  # (eval: the reference's forwards then see the same sigma)
+    negative[1] = torch.nn.LeakyReLU(-0.3)
+    twin = copy.deepcopy(negative)
+    x = penalty_inputs(("wgan-gp",), real, fake, torch.Generator().manual_seed(3))
+    penalty = fastsn.gradient_penalty(negative, real, fake, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(penalty, reference_penalty(twin, x, "wgan-gp", 10.0, 1.0))
+    assert swapped == [0.0, 0.1]
+    # an in-place activation on a tensor another layer holds (Tanh saves its output): torch's, and torch's error
+    after_tanh = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, 2, 1), torch.nn.Tanh(), torch.nn.ReLU(inplace=True),
+                                     torch.nn.Flatten(), torch.nn.Linear(64, 1)).double()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        fastsn.gradient_penalty(after_tanh, real, fake)
+
+
+def test_sequential_d_in_place_activation_on_the_input_errors_as_torch():
+    """An in-place activation first in D overwrites the penalty's input, a leaf that requires grad: torch refuses
+    it, and so does the penalty (the activation is not swapped where its input is not D's own)."""
+    model = torch.nn.Sequential(torch.nn.ReLU(inplace=True), torch.nn.Flatten(), torch.nn.Linear(12, 1))
+    real = torch.randn(3, 12)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        fastsn.gradient_penalty(model, real, kind="r1")

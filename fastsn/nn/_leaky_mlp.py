@@ -53,7 +53,13 @@ def _spectral_norm_hooks(module: torch.nn.Module) -> Optional[list]:
     return None
 
 
-def _has_hooks(module: torch.nn.Module, spectral_norm_allowed: bool = False) -> bool:
+def global_hooks() -> bool:
+    """Whether module hooks are registered globally (they would run for every layer of D)."""
+    return any(getattr(module_globals, name, None) for name in _GLOBAL_HOOKS)
+
+
+def has_hooks(module: torch.nn.Module, spectral_norm_allowed: bool = False) -> bool:
+    """Whether the module has hooks (with ``spectral_norm_allowed``: other than the legacy spectral norm's)."""
     if spectral_norm_allowed and _spectral_norm_hooks(module) is not None:
         return any(getattr(module, name, None) for name in _MODULE_HOOKS if name != "_forward_pre_hooks")
     return any(getattr(module, name, None) for name in _MODULE_HOOKS)
@@ -78,14 +84,14 @@ def _activation(module: torch.nn.Module) -> Optional[tuple[float, float]]:
 
 def _structure(discriminator: object) -> Optional[list[torch.nn.Module]]:
     """D's layers if it has the recognized structure (no tensors read yet), else None."""
-    if type(discriminator) is not torch.nn.Sequential or _has_hooks(discriminator):
+    if type(discriminator) is not torch.nn.Sequential or has_hooks(discriminator):
         return None
-    if any(getattr(module_globals, name, None) for name in _GLOBAL_HOOKS):
+    if global_hooks():
         return None
     layers = list(discriminator)
     if layers and type(layers[-1]) is torch.nn.Flatten and (layers[-1].start_dim, layers[-1].end_dim) in _FLATTENS:
         layers = layers[:-1]
-    if len(layers) % 2 != 1 or any(_has_hooks(m, spectral_norm_allowed=k % 2 == 0) for k, m in enumerate(layers)):
+    if len(layers) % 2 != 1 or any(has_hooks(m, spectral_norm_allowed=k % 2 == 0) for k, m in enumerate(layers)):
         return None
     if not all(_is_linear(m) for m in layers[0::2]) or any(_activation(m) is None for m in layers[1::2]):
         return None

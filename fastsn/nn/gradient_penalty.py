@@ -26,6 +26,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from fastsn.nn._leaky_mlp import leaky_mlp
+from fastsn.nn._sequential_scores import sequential_scores
 from fastsn.nn.minibatch_discrimination import MinibatchDiscrimination
 from fastsn.nn.minibatch_stddev import MinibatchStdDev
 from fastsn.ops.gradient_penalty import MODES, gradient_penalty_head
@@ -114,7 +115,9 @@ def _warn_if_samples_mix(discriminator: torch.nn.Module) -> None:
 
 
 def _scores(discriminator: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = discriminator(x)
+    out = sequential_scores(discriminator, x)  # a plain Sequential: its activations on fastsn's op
+    if out is None:
+        out = discriminator(x)
     if not isinstance(out, torch.Tensor) or out.shape not in ((x.shape[0],), (x.shape[0], 1)):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"gradient_penalty(): the discriminator must return one score per sample, shape "

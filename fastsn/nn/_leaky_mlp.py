@@ -6,8 +6,9 @@ which skips the pass of zeros through every layer that autograd's double backwar
     - ``torch.nn.Sequential`` itself (not a subclass, which may override forward), of
       Linear, (activation, Linear)*, and optionally a final ``nn.Flatten`` that keeps (B, 1) or makes (B,);
     - Linear: ``nn.Linear``, a parametrized one (e.g. spectral norm: its weight is read once, as a forward reads it)
-      or one with the legacy spectral-norm hook (run once, as a forward runs it), the last with one output; activations: ``nn.LeakyReLU``, ``nn.ReLU``, ``fastsn.nn.LeakyReLU`` and
-      ``fastsn.nn.FusedLeakyReLU`` (its bias added to the layer's);
+      or one with the legacy spectral-norm hook (run once, as a forward runs it), the last with one output;
+    - activations: ``nn.LeakyReLU``, ``nn.ReLU``, ``fastsn.nn.LeakyReLU`` and ``fastsn.nn.FusedLeakyReLU`` (its bias
+      added to the layer's);
     - no other hooks on any of them, nor global module hooks;
     - x (B, in_features), float32 or float64, a plain tensor, with the parameters of its dtype and device, autocast
       off, and a kernel backend for the op on x's device (on the reference the generic path is the same).

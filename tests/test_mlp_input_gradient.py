@@ -386,7 +386,8 @@ def test_penalty_fused_variants(variant, fused_calls):
         d = torch.nn.Sequential(torch.nn.Linear(2, 1))
     if variant.endswith("-sn"):
         sn = {"torch-sn": torch.nn.utils.parametrizations.spectral_norm, "fastsn-sn": fastsn.spectral_norm,
-              "torch-legacy-sn": torch.nn.utils.spectral_norm, "fastsn-legacy-sn": fastsn.nn.utils.spectral_norm}[variant]
+              "torch-legacy-sn": torch.nn.utils.spectral_norm,
+              "fastsn-legacy-sn": fastsn.nn.utils.spectral_norm}[variant]
         d = _mlp(ACTIVATIONS["leaky_relu"])
         for k in (0, 2, 4):
             sn(d[k])

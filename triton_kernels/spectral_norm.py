@@ -106,6 +106,57 @@ def _axis_offsets(idx, stride, I, HI, DIV: tl.constexpr):
 
 
 @triton.jit
+def _fused_tail(w_ptr, s, rows, rmask, row_off, s_ptr, r_ptr, ssq_ptr, w, col_stride, I, HI, COL_DIV: tl.constexpr,
+                ACC: tl.constexpr, BLOCK_W: tl.constexpr):
+    # the FUSED pass after s = B x for a program's rows: keep s (h,) and ||s||^2, and r (w,) += B^T s over the same
+    # columns in reverse order (the hottest in cache first), with relaxed atomics
+    tl.store(s_ptr + rows, s, mask=rmask)
+    tl.atomic_add(ssq_ptr, tl.sum(s * s, axis=0), sem="relaxed")
+    n_chunks = tl.cdiv(w, BLOCK_W)
+    for c in range(0, n_chunks):
+        cols = (n_chunks - 1 - c) * BLOCK_W + tl.arange(0, BLOCK_W)
+        cmask = cols < w
+        offs = row_off[:, None] + _axis_offsets(cols, col_stride, I, HI, COL_DIV)[None, :]
+        tile = tl.load(w_ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(ACC)
+        tl.atomic_add(r_ptr + cols, tl.sum(tile * s[:, None], axis=0), mask=cmask, sem="relaxed")
+
+
+@triton.jit
+def _finalize(r_ptr, vacc_ptr, s_ptr, scal_ptr, h, w, eps_a, last, u_ptr, u_stride, ucopy_ptr, v_ptr, v_stride,
+              vcopy_ptr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # after a FUSED pass: ds = max(||s||, eps); t = r / ds (= B^T u); v = t / max(||t||, eps) into vacc; r and
+    # ||s||^2 zeroed for the next pass; where ``last`` (a constexpr or a runtime flag), u = s / ds and v written in
+    # place and into their copies. Returns sigma = ||t||^2 / max(||t||, eps) = u . (B v) = (B^T u) . v.
+    idx = tl.arange(0, BLOCK)
+    ds = _clamp_min(sqrt_rn(tl.load(scal_ptr)), eps_a)
+    tsq_vec = tl.zeros((BLOCK,), ACC)
+    for start in range(0, w, BLOCK):
+        cols = start + idx
+        t = div_rn(tl.load(r_ptr + cols, mask=cols < w, other=0.0), ds)
+        tsq_vec += t * t
+    tsq = tl.sum(tsq_vec, axis=0)
+    dt = _clamp_min(sqrt_rn(tsq), eps_a)
+    for start in range(0, w, BLOCK):
+        cols = start + idx
+        cmask = cols < w
+        vn = div_rn(div_rn(tl.load(r_ptr + cols, mask=cmask, other=0.0), ds), dt)
+        tl.store(vacc_ptr + cols, vn, mask=cmask)
+        tl.store(r_ptr + cols, tl.zeros((BLOCK,), ACC), mask=cmask)
+        if last:
+            tl.store(v_ptr + cols.to(tl.int64) * v_stride, vn.to(v_ptr.dtype.element_ty), mask=cmask)
+            tl.store(vcopy_ptr + cols, vn.to(vcopy_ptr.dtype.element_ty), mask=cmask)
+    tl.store(scal_ptr, tl.zeros((), ACC))
+    if last:
+        for start in range(0, h, BLOCK):
+            rows = start + idx
+            rmask = rows < h
+            un = div_rn(tl.load(s_ptr + rows, mask=rmask, other=0.0), ds)
+            tl.store(u_ptr + rows.to(tl.int64) * u_stride, un.to(u_ptr.dtype.element_ty), mask=rmask)
+            tl.store(ucopy_ptr + rows, un.to(ucopy_ptr.dtype.element_ty), mask=rmask)
+    return div_rn(tsq, dt)
+
+
+@triton.jit
 def _sn_pass_kernel(w_ptr, x_ptr, x_stride, y_ptr, y_stride, s_ptr, r_ptr, scal_ptr, xcopy_ptr, ycopy_ptr,
                     h, w, row_stride, col_stride, I, HI,
                     MODE: tl.constexpr, ROW_DIV: tl.constexpr, COL_DIV: tl.constexpr, ACC: tl.constexpr,
@@ -133,17 +184,9 @@ def _sn_pass_kernel(w_ptr, x_ptr, x_stride, y_ptr, y_stride, s_ptr, r_ptr, scal_
         y = tl.load(y_ptr + rows.to(tl.int64) * y_stride, mask=rmask, other=0.0).to(ACC)
         tl.store(ycopy_ptr + rows, y.to(ycopy_ptr.dtype.element_ty), mask=rmask)
         tl.atomic_add(scal_ptr, tl.sum(y * s, axis=0), sem="relaxed")
-    else:  # FUSED: keep s, ||s||^2, and r += B^T s over the same columns in reverse (hottest first)
-        tl.store(s_ptr + rows, s, mask=rmask)
-        tl.atomic_add(scal_ptr, tl.sum(s * s, axis=0), sem="relaxed")
-        n_chunks = tl.cdiv(w, BLOCK_W)
-        for c in range(0, n_chunks):
-            cols = (n_chunks - 1 - c) * BLOCK_W + tl.arange(0, BLOCK_W)
-            cmask = cols < w
-            offs = row_off[:, None] + _axis_offsets(cols, col_stride, I, HI, COL_DIV)[None, :]
-            tile = tl.load(w_ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(ACC)
-            part = tl.sum(tile * s[:, None], axis=0)  # (BLOCK_W,)
-            tl.atomic_add(r_ptr + cols, part, mask=cmask, sem="relaxed")
+    else:  # FUSED
+        _fused_tail(w_ptr, s, rows, rmask, row_off, s_ptr, r_ptr, scal_ptr, w, col_stride, I, HI, COL_DIV, ACC,
+                    BLOCK_W)
 
 
 @triton.jit
@@ -153,34 +196,10 @@ def _sn_finalize_kernel(r_ptr, vacc_ptr, s_ptr, scal_ptr, sigma_ptr, u_ptr, u_st
     # one program, after a FUSED pass. r: (w,) acc (zeroed on exit); vacc: (w,) acc; s: (h,) acc; scal: () acc
     # (zeroed on exit); u: (h,) and v: (w,) weight dtype, written in place when LAST, with contiguous copies.
     eps_a = tl.cast(eps, ACC)  # (the interpreter passes eps as a Python float)
-    idx = tl.arange(0, BLOCK)
-    ssq = tl.load(scal_ptr)
-    ds = _clamp_min(sqrt_rn(ssq), eps_a)  # max(||s||, eps)
-    tsq_vec = tl.zeros((BLOCK,), ACC)
-    for start in range(0, w, BLOCK):  # t = r / ds (= B^T u)
-        cols = start + idx
-        t = div_rn(tl.load(r_ptr + cols, mask=cols < w, other=0.0), ds)
-        tsq_vec += t * t
-    tsq = tl.sum(tsq_vec, axis=0)
-    dt = _clamp_min(sqrt_rn(tsq), eps_a)  # max(||t||, eps)
-    for start in range(0, w, BLOCK):  # v = t / dt
-        cols = start + idx
-        cmask = cols < w
-        vn = div_rn(div_rn(tl.load(r_ptr + cols, mask=cmask, other=0.0), ds), dt)
-        tl.store(vacc_ptr + cols, vn, mask=cmask)
-        tl.store(r_ptr + cols, tl.zeros((BLOCK,), ACC), mask=cmask)
-        if LAST:
-            tl.store(v_ptr + cols.to(tl.int64) * v_stride, vn.to(v_ptr.dtype.element_ty), mask=cmask)
-            tl.store(vcopy_ptr + cols, vn.to(vcopy_ptr.dtype.element_ty), mask=cmask)
-    tl.store(scal_ptr, tl.zeros((), ACC))
+    sigma = _finalize(r_ptr, vacc_ptr, s_ptr, scal_ptr, h, w, eps_a, LAST, u_ptr, u_stride, ucopy_ptr, v_ptr, v_stride,
+                      vcopy_ptr, ACC, BLOCK)
     if LAST:
-        for start in range(0, h, BLOCK):  # u = s / ds
-            rows = start + idx
-            rmask = rows < h
-            un = div_rn(tl.load(s_ptr + rows, mask=rmask, other=0.0), ds)
-            tl.store(u_ptr + rows.to(tl.int64) * u_stride, un.to(u_ptr.dtype.element_ty), mask=rmask)
-            tl.store(ucopy_ptr + rows, un.to(ucopy_ptr.dtype.element_ty), mask=rmask)
-        tl.store(sigma_ptr, div_rn(tsq, dt))  # u . (B v) = (B^T u) . v = ||t||^2 / max(||t||, eps)
+        tl.store(sigma_ptr, sigma)
 
 
 @triton.jit
@@ -444,17 +463,9 @@ def _sn_grouped_pass_kernel(rows_ptr, launch_ptr, ws_ptr, sigmas_ptr, w_like, MO
     if MODE == 1:  # BILINEAR
         y = tl.load(s_ptr + rows, mask=rmask, other=0.0)
         tl.atomic_add(sigmas_ptr + tl.load(row + _P_SIGMA), tl.sum(y * s, axis=0), sem="relaxed")
-    else:  # FUSED: s, ||s||^2, and r += B^T s over the same columns in reverse (hottest first)
-        r_ptr = ws_ptr + tl.load(row + _P_R)
-        tl.store(s_ptr + rows, s, mask=rmask)
-        tl.atomic_add(ws_ptr + tl.load(row + _P_SSQ), tl.sum(s * s, axis=0), sem="relaxed")
-        n_chunks = tl.cdiv(w, BLOCK_W)
-        for c in range(0, n_chunks):
-            cols = (n_chunks - 1 - c) * BLOCK_W + tl.arange(0, BLOCK_W)
-            cmask = cols < w
-            offs = row_off[:, None] + _axis_offsets(cols, col_stride, inner, slab, COL_DIV)[None, :]
-            tile = tl.load(w_ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(ACC)
-            tl.atomic_add(r_ptr + cols, tl.sum(tile * s[:, None], axis=0), mask=cmask, sem="relaxed")
+    else:  # FUSED
+        _fused_tail(w_ptr, s, rows, rmask, row_off, s_ptr, ws_ptr + tl.load(row + _P_R), ws_ptr + tl.load(row + _P_SSQ),
+                    w, col_stride, inner, slab, COL_DIV, ACC, BLOCK_W)
 
 
 @triton.jit
@@ -467,44 +478,16 @@ def _sn_grouped_finalize_kernel(rows_ptr, launch_ptr, ws_ptr, sigmas_ptr, w_like
     h = tl.load(row + _P_H).to(tl.int32)
     w = tl.load(row + _P_WB).to(tl.int32)
     last = tl.load(row + _P_LAST) == tl.load(launch_ptr)
-    r_ptr = ws_ptr + tl.load(row + _P_R)
-    vacc_ptr = ws_ptr + tl.load(row + _P_X)
-    s_ptr = ws_ptr + tl.load(row + _P_S)
-    scal_ptr = ws_ptr + tl.load(row + _P_SSQ)
     eps_a = tl.load(row + _P_EPS).to(tl.float64, bitcast=True).to(ACC)
-    idx = tl.arange(0, BLOCK)
-    ds = _clamp_min(sqrt_rn(tl.load(scal_ptr)), eps_a)  # max(||s||, eps)
-    tsq_vec = tl.zeros((BLOCK,), ACC)
-    for start in range(0, w, BLOCK):  # t = r / ds (= B^T u)
-        cols = start + idx
-        t = div_rn(tl.load(r_ptr + cols, mask=cols < w, other=0.0), ds)
-        tsq_vec += t * t
-    tsq = tl.sum(tsq_vec, axis=0)
-    dt = _clamp_min(sqrt_rn(tsq), eps_a)  # max(||t||, eps)
-    col_ptr = tl.load(row + _P_COL).to(w_like.dtype, bitcast=True)
-    col_stride = tl.load(row + _P_COL_STRIDE)
-    col_copy = tl.load(row + _P_COL_COPY).to(w_like.dtype, bitcast=True)
-    for start in range(0, w, BLOCK):  # v = t / dt
-        cols = start + idx
-        cmask = cols < w
-        vn = div_rn(div_rn(tl.load(r_ptr + cols, mask=cmask, other=0.0), ds), dt)
-        tl.store(vacc_ptr + cols, vn, mask=cmask)
-        tl.store(r_ptr + cols, tl.zeros((BLOCK,), ACC), mask=cmask)
-        if last:
-            tl.store(col_ptr + cols.to(tl.int64) * col_stride, vn.to(w_like.dtype.element_ty), mask=cmask)
-            tl.store(col_copy + cols, vn.to(w_like.dtype.element_ty), mask=cmask)
-    tl.store(scal_ptr, tl.zeros((), ACC))
+    u_ptr = tl.load(row + _P_ROW).to(w_like.dtype, bitcast=True)
+    ucopy_ptr = tl.load(row + _P_ROW_COPY).to(w_like.dtype, bitcast=True)
+    v_ptr = tl.load(row + _P_COL).to(w_like.dtype, bitcast=True)
+    vcopy_ptr = tl.load(row + _P_COL_COPY).to(w_like.dtype, bitcast=True)
+    sigma = _finalize(ws_ptr + tl.load(row + _P_R), ws_ptr + tl.load(row + _P_X), ws_ptr + tl.load(row + _P_S),
+                      ws_ptr + tl.load(row + _P_SSQ), h, w, eps_a, last, u_ptr, tl.load(row + _P_ROW_STRIDE),
+                      ucopy_ptr, v_ptr, tl.load(row + _P_COL_STRIDE), vcopy_ptr, ACC, BLOCK)
     if last:
-        row_ptr = tl.load(row + _P_ROW).to(w_like.dtype, bitcast=True)
-        row_stride = tl.load(row + _P_ROW_STRIDE)
-        row_copy = tl.load(row + _P_ROW_COPY).to(w_like.dtype, bitcast=True)
-        for start in range(0, h, BLOCK):  # u = s / ds
-            rows = start + idx
-            rmask = rows < h
-            un = div_rn(tl.load(s_ptr + rows, mask=rmask, other=0.0), ds)
-            tl.store(row_ptr + rows.to(tl.int64) * row_stride, un.to(w_like.dtype.element_ty), mask=rmask)
-            tl.store(row_copy + rows, un.to(w_like.dtype.element_ty), mask=rmask)
-        tl.store(sigmas_ptr + tl.load(row + _P_SIGMA), div_rn(tsq, dt))  # ||t||^2 / max(||t||, eps)
+        tl.store(sigmas_ptr + tl.load(row + _P_SIGMA), sigma)
 
 
 # ---------------------------------------------------------------------------------------------------------------
